@@ -1,0 +1,1 @@
+//! Otter agent.

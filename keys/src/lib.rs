@@ -1,0 +1,24 @@
+//! `otter-keys`: Otter's trust core. Everything that signs or verifies goes through it.
+//!
+//! It works on bytes and values: no network, no async. Its only file I/O is the atomic-write
+//! helper the three programs share, and the key files written through it.
+//!
+//! - [`canonical`]: OLPC canonical JSON and strict parsing of untrusted JSON.
+//! - [`crypto`]: public keys, key ids, signatures; ed25519 signing keys.
+//! - [`metadata`]: TUF 1.0 metadata (root, targets with delegations, snapshot, timestamp),
+//!   threshold verification, expiry, version and type checks.
+//! - [`hash`]: length and hash checks of downloaded files.
+//! - [`time`]: the UTC timestamps of metadata.
+//! - [`keyfile`]: passphrase-encrypted key files.
+//! - [`atomic`]: the atomic-write helper.
+//! - [`envelope`]: the backup envelope (age recipients, keyed chunk ids, signed manifest chain).
+
+pub mod atomic;
+pub mod canonical;
+pub mod crypto;
+pub mod hash;
+pub mod keyfile;
+pub mod metadata;
+pub mod time;
+
+pub use age;
