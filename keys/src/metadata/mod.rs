@@ -379,3 +379,91 @@ pub fn check_expected_version(role: &str, expected: u64, found: u64) -> Result<(
     }
     Ok(())
 }
+
+/// Metadata of any top-level role type, for tools that take whatever file they are given.
+#[derive(Debug, Clone)]
+pub enum AnyMetadata {
+    /// `root`.
+    Root(Metadata<Root>),
+    /// `targets` (top-level or delegated).
+    Targets(Metadata<Targets>),
+    /// `snapshot`.
+    Snapshot(Metadata<Snapshot>),
+    /// `timestamp`.
+    Timestamp(Metadata<Timestamp>),
+}
+
+macro_rules! each {
+    ($self:expr, $m:ident => $e:expr) => {
+        match $self {
+            AnyMetadata::Root($m) => $e,
+            AnyMetadata::Targets($m) => $e,
+            AnyMetadata::Snapshot($m) => $e,
+            AnyMetadata::Timestamp($m) => $e,
+        }
+    };
+}
+
+impl AnyMetadata {
+    /// Parses untrusted bytes, choosing the type from `signed._type`.
+    pub fn from_bytes(bytes: &[u8], max_len: usize) -> Result<Self, MetadataError> {
+        let value = canonical::parse_strict(bytes, max_len)?;
+        let t = value
+            .get("signed")
+            .and_then(|s| s.get("_type"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| MetadataError::Schema("no signed._type".into()))?;
+        Ok(match t {
+            "root" => AnyMetadata::Root(Metadata::from_value(value)?),
+            "targets" => AnyMetadata::Targets(Metadata::from_value(value)?),
+            "snapshot" => AnyMetadata::Snapshot(Metadata::from_value(value)?),
+            "timestamp" => AnyMetadata::Timestamp(Metadata::from_value(value)?),
+            other => {
+                return Err(MetadataError::Schema(format!(
+                    "unknown metadata type {:?}",
+                    other.chars().take(32).collect::<String>()
+                )))
+            }
+        })
+    }
+
+    /// The `_type`.
+    pub fn role_type(&self) -> &'static str {
+        match self {
+            AnyMetadata::Root(_) => Root::TYPE,
+            AnyMetadata::Targets(_) => Targets::TYPE,
+            AnyMetadata::Snapshot(_) => Snapshot::TYPE,
+            AnyMetadata::Timestamp(_) => Timestamp::TYPE,
+        }
+    }
+
+    /// `version`.
+    pub fn version(&self) -> u64 {
+        each!(self, m => m.signed().version())
+    }
+
+    /// `expires`.
+    pub fn expires(&self) -> UtcTime {
+        each!(self, m => m.signed().expires())
+    }
+
+    /// The signatures.
+    pub fn signatures(&self) -> &[Signature] {
+        each!(self, m => m.signatures())
+    }
+
+    /// The canonical bytes signatures cover.
+    pub fn canonical_signed(&self) -> &[u8] {
+        each!(self, m => m.canonical_signed())
+    }
+
+    /// Adds a signature (replacing one by the same key).
+    pub fn sign(&mut self, key: &SigningKey) {
+        each!(self, m => m.sign(key))
+    }
+
+    /// Serialises for publication.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        each!(self, m => m.to_bytes())
+    }
+}
