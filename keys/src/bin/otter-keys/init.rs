@@ -55,7 +55,7 @@ pub fn run(a: InitArgs, secrets: &PassphraseArgs) -> Result<()> {
     }
     let work_factor = secrets.work_factor()?;
     let root_pass = secrets.new_root()?;
-    let online_pass = secrets.new_online(&root_pass)?;
+    let online_pass = secrets.new_online(Some(&root_pass))?;
     let keys_dir = repo::keys_dir(&a.dir);
     std::fs::create_dir_all(&keys_dir)
         .with_context(|| format!("creating {}", keys_dir.display()))?;

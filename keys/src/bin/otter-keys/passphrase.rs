@@ -75,9 +75,9 @@ impl PassphraseArgs {
         Ok(p)
     }
 
-    /// A passphrase for new online keys; falls back to `root` when none is configured and
-    /// there is no terminal to ask on.
-    pub fn new_online(&self, root: &SecretString) -> Result<SecretString> {
+    /// A passphrase for new online keys. Without one configured and without a terminal to
+    /// ask on, falls back to `fallback` or the root keys' configured passphrase.
+    pub fn new_online(&self, fallback: Option<&SecretString>) -> Result<SecretString> {
         let p = match self.from_file_or_env(
             self.online_passphrase_file.as_deref(),
             "OTTER_KEYS_ONLINE_PASSPHRASE",
@@ -85,10 +85,20 @@ impl PassphraseArgs {
             Some(p) => p,
             None if std::io::stdin().is_terminal() => prompt_new("online keys (the server's)")?,
             None => {
+                let root = match fallback {
+                    Some(p) => Some(p.clone()),
+                    None => self.from_file_or_env(
+                        self.passphrase_file.as_deref(),
+                        "OTTER_KEYS_PASSPHRASE",
+                    )?,
+                };
+                let Some(root) = root else {
+                    return Err(no_terminal());
+                };
                 eprintln!(
                     "note: online keys use the root keys' passphrase (set --online-passphrase-file to separate them)"
                 );
-                root.clone()
+                root
             }
         };
         check_strength(&p)?;

@@ -157,13 +157,7 @@ fn rotate(a: RotateArgs, secrets: &PassphraseArgs) -> Result<()> {
             let pass = if role == "root" {
                 root_pass.get_or_insert(secrets.new_root()?).clone()
             } else {
-                if root_pass.is_none() && online_pass.is_none() {
-                    online_pass = Some(secrets.new_online(&secrets.new_root()?)?);
-                }
-                online_pass
-                    .clone()
-                    .or(root_pass.clone())
-                    .context("no passphrase")?
+                online_pass.get_or_insert(secrets.new_online(None)?).clone()
             };
             let label = (1..)
                 .map(|i| format!("{role}-v{new_version}-{i}"))
