@@ -1,6 +1,8 @@
 //! The key ceremony through the real `otter-keys` binary: init, rotation, partial signing,
 //! verification, inspection, recovery keys, and the errors an operator meets.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::Output;
 

@@ -55,9 +55,7 @@ impl PassphraseArgs {
 
     /// The passphrase to open an existing key file `what`.
     pub fn existing(&self, what: &str) -> Result<SecretString> {
-        if let Some(p) =
-            self.from_file_or_env(self.passphrase_file.as_deref(), "OTTER_KEYS_PASSPHRASE")?
-        {
+        if let Some(p) = read_source(self.passphrase_file.as_deref(), "OTTER_KEYS_PASSPHRASE")? {
             return Ok(p);
         }
         prompt(&format!("Passphrase for {what}: "))
@@ -65,9 +63,7 @@ impl PassphraseArgs {
 
     /// A passphrase for new root keys (asked twice on a prompt).
     pub fn new_root(&self) -> Result<SecretString> {
-        let p = match self
-            .from_file_or_env(self.passphrase_file.as_deref(), "OTTER_KEYS_PASSPHRASE")?
-        {
+        let p = match read_source(self.passphrase_file.as_deref(), "OTTER_KEYS_PASSPHRASE")? {
             Some(p) => p,
             None => prompt_new("root keys")?,
         };
@@ -78,7 +74,7 @@ impl PassphraseArgs {
     /// A passphrase for new online keys. Without one configured and without a terminal to
     /// ask on, falls back to `fallback` or the root keys' configured passphrase.
     pub fn new_online(&self, fallback: Option<&SecretString>) -> Result<SecretString> {
-        let p = match self.from_file_or_env(
+        let p = match read_source(
             self.online_passphrase_file.as_deref(),
             "OTTER_KEYS_ONLINE_PASSPHRASE",
         )? {
@@ -87,10 +83,7 @@ impl PassphraseArgs {
             None => {
                 let root = match fallback {
                     Some(p) => Some(p.clone()),
-                    None => self.from_file_or_env(
-                        self.passphrase_file.as_deref(),
-                        "OTTER_KEYS_PASSPHRASE",
-                    )?,
+                    None => read_source(self.passphrase_file.as_deref(), "OTTER_KEYS_PASSPHRASE")?,
                 };
                 let Some(root) = root else {
                     return Err(no_terminal());
@@ -103,26 +96,6 @@ impl PassphraseArgs {
         };
         check_strength(&p)?;
         Ok(p)
-    }
-
-    fn from_file_or_env(&self, file: Option<&Path>, var: &str) -> Result<Option<SecretString>> {
-        if let Some(path) = file {
-            let raw = Zeroizing::new(
-                std::fs::read(path)
-                    .with_context(|| format!("reading passphrase file {}", path.display()))?,
-            );
-            let text = std::str::from_utf8(&raw)
-                .with_context(|| format!("passphrase file {} is not UTF-8", path.display()))?;
-            let line = text.lines().next().unwrap_or("");
-            if line.is_empty() {
-                bail!("passphrase file {} is empty", path.display());
-            }
-            return Ok(Some(SecretString::from(line.to_owned())));
-        }
-        match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Ok(Some(SecretString::from(v))),
-            _ => Ok(None),
-        }
     }
 }
 
@@ -154,4 +127,24 @@ fn prompt_new(what: &str) -> Result<SecretString> {
         bail!("the two passphrases differ");
     }
     Ok(a)
+}
+
+fn read_source(file: Option<&Path>, var: &str) -> Result<Option<SecretString>> {
+    if let Some(path) = file {
+        let raw = Zeroizing::new(
+            std::fs::read(path)
+                .with_context(|| format!("reading passphrase file {}", path.display()))?,
+        );
+        let text = std::str::from_utf8(&raw)
+            .with_context(|| format!("passphrase file {} is not UTF-8", path.display()))?;
+        let line = text.lines().next().unwrap_or("");
+        if line.is_empty() {
+            bail!("passphrase file {} is empty", path.display());
+        }
+        return Ok(Some(SecretString::from(line.to_owned())));
+    }
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Ok(Some(SecretString::from(v))),
+        _ => Ok(None),
+    }
 }
