@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: sets up what the tests need (a Python venv with the TUF
-# reference implementation, python-tuf, for the interoperability tests), then the test suite.
-# Safe to run again: set-up steps skip what is already there.
+# Runs every test of the workspace. First installs what the tests need and is not a Rust crate:
+# the standard `age` tool (backups must stay readable without Otter) and a Python venv with the
+# TUF reference implementation, python-tuf (interoperability tests). Safe to run again: set-up
+# steps skip what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if ! command -v age >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "== installing the age tool (Debian package age)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age
+  else
+    echo "error: the tests need the 'age' command (Debian/Ubuntu: sudo apt-get install age)" >&2
+    exit 1
+  fi
+fi
 bash scripts/python-venv.sh
 cargo test --workspace --locked "$@"

@@ -16,6 +16,7 @@
 pub mod atomic;
 pub mod canonical;
 pub mod crypto;
+pub mod envelope;
 pub mod hash;
 pub mod keyfile;
 pub mod metadata;
