@@ -106,11 +106,42 @@ impl PublicKey {
         Ok(KeyId(hex::encode(Sha256::digest(&bytes))))
     }
 
-    /// Whether two keys hold the same public key material (whatever ids they are given).
+    /// Whether two keys hold the same public key material, whatever ids they are given and
+    /// however the material is written (hex case, PEM or raw point).
     pub fn same_material(&self, other: &PublicKey) -> bool {
-        self.keytype == other.keytype
-            && self.scheme == other.scheme
-            && self.keyval.public.trim() == other.keyval.public.trim()
+        match (self.material(), other.material()) {
+            (Some(a), Some(b)) => a == b,
+            _ => {
+                self.keytype == other.keytype
+                    && self.scheme == other.scheme
+                    && self.keyval.public.trim() == other.keyval.public.trim()
+            }
+        }
+    }
+
+    /// The key material in one normal form, tagged by algorithm; `None` if it cannot be
+    /// decoded (such a key never verifies anything either).
+    fn material(&self) -> Option<(u8, Vec<u8>)> {
+        match (self.keytype.as_str(), self.scheme.as_str()) {
+            (ED25519, ED25519) => Some((1, self.ed25519_key().ok()?.to_bytes().to_vec())),
+            ("ecdsa" | ECDSA_P256_SCHEME, ECDSA_P256_SCHEME) => Some((
+                2,
+                self.p256_key()
+                    .ok()?
+                    .to_encoded_point(false)
+                    .as_bytes()
+                    .to_vec(),
+            )),
+            ("rsa", RSA_PSS_SCHEME) => {
+                use rsa::traits::PublicKeyParts;
+                let k = self.rsa_key().ok()?;
+                let mut m = k.n().to_bytes_be();
+                m.push(0xff);
+                m.extend(k.e().to_bytes_be());
+                Some((3, m))
+            }
+            _ => None,
+        }
     }
 
     /// Verifies `sig` (as found hex-encoded in metadata) over `msg`.
@@ -127,50 +158,62 @@ impl PublicKey {
         }
     }
 
-    fn verify_ed25519(&self, msg: &[u8], sig: &[u8]) -> Result<(), SignatureError> {
+    fn ed25519_key(&self) -> Result<ed25519_dalek::VerifyingKey, SignatureError> {
         let raw = hex::decode(self.keyval.public.trim())
             .map_err(|_| SignatureError::MalformedKey("ed25519 public key is not hex".into()))?;
         let raw: [u8; 32] = raw.try_into().map_err(|_| {
             SignatureError::MalformedKey("ed25519 public key is not 32 bytes".into())
         })?;
-        let vk = ed25519_dalek::VerifyingKey::from_bytes(&raw)
-            .map_err(|_| SignatureError::MalformedKey("not a valid ed25519 point".into()))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&raw)
+            .map_err(|_| SignatureError::MalformedKey("not a valid ed25519 point".into()))
+    }
+
+    fn verify_ed25519(&self, msg: &[u8], sig: &[u8]) -> Result<(), SignatureError> {
+        let vk = self.ed25519_key()?;
         let sig = ed25519_dalek::Signature::from_slice(sig)
             .map_err(|_| SignatureError::MalformedSignature)?;
         vk.verify_strict(msg, &sig)
             .map_err(|_| SignatureError::Invalid)
     }
 
-    fn verify_p256(&self, msg: &[u8], sig: &[u8]) -> Result<(), SignatureError> {
-        use p256::ecdsa::signature::Verifier;
+    fn p256_key(&self) -> Result<p256::ecdsa::VerifyingKey, SignatureError> {
         use p256::pkcs8::DecodePublicKey;
         let public = self.keyval.public.trim();
-        let vk = if public.starts_with("-----BEGIN") {
+        if public.starts_with("-----BEGIN") {
             p256::ecdsa::VerifyingKey::from_public_key_pem(public)
-                .map_err(|e| SignatureError::MalformedKey(format!("P-256 PEM: {e}")))?
+                .map_err(|e| SignatureError::MalformedKey(format!("P-256 PEM: {e}")))
         } else {
             let raw = hex::decode(public).map_err(|_| {
                 SignatureError::MalformedKey("P-256 key is neither PEM nor hex".into())
             })?;
             p256::ecdsa::VerifyingKey::from_sec1_bytes(&raw)
-                .map_err(|_| SignatureError::MalformedKey("P-256 SEC1 point".into()))?
-        };
+                .map_err(|_| SignatureError::MalformedKey("P-256 SEC1 point".into()))
+        }
+    }
+
+    fn verify_p256(&self, msg: &[u8], sig: &[u8]) -> Result<(), SignatureError> {
+        use p256::ecdsa::signature::Verifier;
+        let vk = self.p256_key()?;
         let sig = p256::ecdsa::Signature::from_der(sig)
             .or_else(|_| p256::ecdsa::Signature::from_slice(sig))
             .map_err(|_| SignatureError::MalformedSignature)?;
         vk.verify(msg, &sig).map_err(|_| SignatureError::Invalid)
     }
 
-    fn verify_rsa_pss(&self, msg: &[u8], sig: &[u8]) -> Result<(), SignatureError> {
+    fn rsa_key(&self) -> Result<rsa::RsaPublicKey, SignatureError> {
         use rsa::pkcs8::DecodePublicKey;
-        use rsa::traits::PublicKeyParts;
         let public = self.keyval.public.trim();
-        let key = rsa::RsaPublicKey::from_public_key_pem(public)
+        rsa::RsaPublicKey::from_public_key_pem(public)
             .or_else(|_| {
                 use rsa::pkcs1::DecodeRsaPublicKey;
                 rsa::RsaPublicKey::from_pkcs1_pem(public)
             })
-            .map_err(|e| SignatureError::MalformedKey(format!("RSA PEM: {e}")))?;
+            .map_err(|e| SignatureError::MalformedKey(format!("RSA PEM: {e}")))
+    }
+
+    fn verify_rsa_pss(&self, msg: &[u8], sig: &[u8]) -> Result<(), SignatureError> {
+        use rsa::traits::PublicKeyParts;
+        let key = self.rsa_key()?;
         if key.size() < 2048 / 8 {
             return Err(SignatureError::MalformedKey(
                 "RSA keys shorter than 2048 bits are refused".into(),
