@@ -1,4 +1,4 @@
-//! Canonical JSON (OLPC) for everything that is signed, and strict parsing of untrusted JSON.
+//! Canonical JSON (OLPC, as securesystemslib writes it) for everything that is signed, and strict parsing of untrusted JSON.
 //!
 //! Signatures in TUF cover the canonical form of the `signed` object, never the bytes as
 //! received. Untrusted input is parsed strictly: a size cap is checked before parsing, and
@@ -36,16 +36,70 @@ pub enum CanonicalError {
     NotCanonicalizable(String),
 }
 
-/// Serialises `value` as OLPC canonical JSON: sorted keys, no insignificant whitespace,
-/// integers only, minimal string escaping.
+/// Serialises `value` as canonical JSON exactly as the TUF reference implementation does
+/// (securesystemslib `encode_canonical`): members sorted by their raw names (code point
+/// order), no insignificant whitespace, integers only, strings written as their raw UTF-8
+/// bytes with only `"` and `\\` escaped, and never Unicode-normalised.
 pub fn to_canonical_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CanonicalError> {
-    let mut out = Vec::new();
-    let mut ser =
-        serde_json::Serializer::with_formatter(&mut out, olpc_cjson::CanonicalFormatter::new());
-    value
-        .serialize(&mut ser)
+    let value = serde_json::to_value(value)
         .map_err(|e| CanonicalError::NotCanonicalizable(e.to_string()))?;
+    let mut out = Vec::new();
+    write_canonical(&value, &mut out)?;
     Ok(out)
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Number(n) if n.is_i64() || n.is_u64() => {
+            out.extend_from_slice(n.to_string().as_bytes())
+        }
+        Value::Number(n) => {
+            return Err(CanonicalError::NotCanonicalizable(format!(
+                "floating-point number {n}"
+            )))
+        }
+        Value::String(s) => write_canonical_string(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(members) => {
+            // Sorted by the raw member name: UTF-8 byte order is code point order, which is
+            // how Python sorts str. Not by the quoted, escaped form.
+            let mut members: Vec<(&String, &Value)> = members.iter().collect();
+            members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (name, member)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical_string(name, out);
+                out.push(b':');
+                write_canonical(member, out)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+fn write_canonical_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for b in s.bytes() {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 /// Parses untrusted JSON bytes into a value: at most `max_len` bytes, no duplicate object
@@ -183,6 +237,19 @@ mod tests {
             to_canonical_bytes(&v),
             Err(CanonicalError::NotCanonicalizable(_))
         ));
+    }
+
+    #[test]
+    fn strings_are_raw_and_members_sort_by_raw_name() {
+        // As securesystemslib: no Unicode normalisation, only `"` and `\` escaped, members
+        // in code point order of their names (not of their escaped form).
+        let v = serde_json::json!({"readme": 1, "readme v2": 2, "readme!": 3, "Mu\u{308}ller": "a\"b\\c\n"});
+        let c = to_canonical_bytes(&v).unwrap();
+        assert_eq!(
+            c,
+            "{\"Mu\u{308}ller\":\"a\\\"b\\\\c\n\",\"readme\":1,\"readme v2\":2,\"readme!\":3}"
+                .as_bytes()
+        );
     }
 
     #[test]
