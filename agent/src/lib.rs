@@ -1,1 +1,9 @@
-//! Otter agent.
+//! `otter-agent`: the terminal side of Otter.
+//!
+//! - [`tuf`]: the TUF client workflow (specification section 5): trusted metadata, the
+//!   update sequence over any mirror, delegation search, verified target downloads.
+//!
+//! Still to come (see the agent issue): enrollment, update selection, atomic apply with
+//! health check and rollback, the daemon, backups and restores.
+
+pub mod tuf;

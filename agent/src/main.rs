@@ -1,0 +1,133 @@
+//! `otter-agent`: the terminal agent. For now its `tuf` subcommand: a standalone TUF client
+//! that checks any TUF repository or mirror with the agent's own client code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use otter_agent::tuf::{init_metadata_dir, HttpFetcher, Updater, UpdaterConfig};
+use otter_keys::time::UtcTime;
+
+/// Command-line interface of `otter-agent`.
+#[derive(Parser)]
+#[command(name = "otter-agent", version, about = "Otter's terminal agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A standalone TUF client (the agent's own client code) for any TUF repository or
+    /// mirror; follows the client CLI of the TUF conformance suite.
+    Tuf(TufArgs),
+}
+
+/// Options of `otter-agent tuf`; they may come in any order around the command.
+#[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  otter-agent tuf --metadata-dir md init root.json
+  otter-agent tuf --metadata-dir md --metadata-url http://mirror/metadata refresh
+  otter-agent tuf --metadata-dir md --metadata-url http://mirror/metadata \\
+      --target-name firmware/pos-a-1.2.3.tar.zst --target-base-url http://mirror/targets \\
+      --target-dir downloads download
+
+The metadata dir holds only root.json, timestamp.json, snapshot.json, targets.json and
+ROLE.json for delegated roles, each byte-identical to what was received and verified.
+Exit status 0 on success, 1 on any failure.")]
+struct TufArgs {
+    /// Directory of the trusted metadata.
+    #[arg(long, global = true, value_name = "DIR")]
+    metadata_dir: Option<PathBuf>,
+    /// Base URL of the repository's metadata (http://, https:// or file://).
+    #[arg(long, global = true, value_name = "URL")]
+    metadata_url: Option<String>,
+    /// Target path to download (repeatable; downloaded in order).
+    #[arg(long = "target-name", global = true, value_name = "TARGET")]
+    target_names: Vec<String>,
+    /// Base URL of the repository's targets.
+    #[arg(long, global = true, value_name = "URL")]
+    target_base_url: Option<String>,
+    /// Directory to store verified targets in.
+    #[arg(long, global = true, value_name = "DIR")]
+    target_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    action: TufAction,
+}
+
+#[derive(Subcommand)]
+enum TufAction {
+    /// Store TRUSTED_ROOT as the trusted root (no network).
+    Init {
+        /// The initial trusted root metadata, obtained out of band.
+        trusted_root: PathBuf,
+    },
+    /// Update the top-level metadata by the TUF client workflow.
+    Refresh,
+    /// Refresh, then download each --target-name into --target-dir (skipping files already
+    /// there with the signed hashes).
+    Download,
+}
+
+fn need<T>(v: Option<T>, flag: &str) -> Result<T> {
+    v.with_context(|| format!("{flag} is required for this command"))
+}
+
+fn tuf(a: TufArgs) -> Result<()> {
+    let dir = need(a.metadata_dir, "--metadata-dir")?;
+    if let TufAction::Init { trusted_root } = &a.action {
+        let bytes = std::fs::read(trusted_root)
+            .with_context(|| format!("reading {}", trusted_root.display()))?;
+        init_metadata_dir(&dir, &bytes)?;
+        return Ok(());
+    }
+    let url = need(a.metadata_url, "--metadata-url")?;
+    let mut cfg = UpdaterConfig::new(&url);
+    cfg.targets_url = a.target_base_url;
+    let fetcher = HttpFetcher::new(Duration::from_secs(10), Duration::from_secs(300))?;
+    let mut updater = Updater::new(&dir, cfg, fetcher, UtcTime::now())?;
+    updater.refresh()?;
+    if let TufAction::Download = a.action {
+        let target_dir = need(a.target_dir, "--target-dir")?;
+        anyhow::ensure!(
+            !a.target_names.is_empty(),
+            "--target-name is required for download"
+        );
+        for name in &a.target_names {
+            let info = updater.find_target(name)?;
+            if updater.cached_target(name, &info, &target_dir).is_some() {
+                continue;
+            }
+            updater.download_target(name, &info, &target_dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    // Usage errors exit 1 like every other failure (the conformance suite's contract).
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Tuf(a) => tuf(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Fetching metadata and targets from a mirror (`http://`, `https://` or `file://`), always
+//! with a length cap (the endless-data defence) and time limits.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// 403 or 404: the file is not there (for root N+1 this ends the root update).
+    #[error("{url}: not found (HTTP {status})")]
+    NotFound {
+        /// The URL.
+        url: String,
+        /// 403 or 404.
+        status: u16,
+    },
+    /// Any other non-success status.
+    #[error("{url}: HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: u16,
+    },
+    /// More bytes than allowed.
+    #[error("{url}: more than the {max} bytes allowed (endless data?)")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The cap.
+        max: u64,
+    },
+    /// Connection, TLS, timeout or I/O failure.
+    #[error("{url}: {message}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A source of repository files. Everything it returns is untrusted.
+pub trait Fetcher {
+    /// Streams `url` into `out`, refusing more than `max_len` bytes; returns the length.
+    fn fetch_to(&self, url: &str, max_len: u64, out: &mut dyn Write) -> Result<u64, FetchError>;
+
+    /// Fetches `url` into memory, refusing more than `max_len` bytes.
+    fn fetch(&self, url: &str, max_len: u64) -> Result<Vec<u8>, FetchError> {
+        let mut buf = Vec::new();
+        self.fetch_to(url, max_len, &mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// Fetches over HTTP(S) with reqwest, or reads `file://` URLs.
+pub struct HttpFetcher {
+    client: reqwest::blocking::Client,
+}
+
+impl HttpFetcher {
+    /// A fetcher with a connect timeout and an overall per-request timeout.
+    pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<Self, FetchError> {
+        let client = reqwest::blocking::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(timeout)
+            .user_agent(concat!("otter-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::Transport {
+                url: String::new(),
+                message: format!("cannot set up HTTP client: {e}"),
+            })?;
+        Ok(HttpFetcher { client })
+    }
+}
+
+/// Copies at most `max_len` bytes from `r` to `out`; one more byte is an error.
+fn copy_capped(
+    url: &str,
+    r: &mut dyn Read,
+    max_len: u64,
+    out: &mut dyn Write,
+) -> Result<u64, FetchError> {
+    let transport = |e: std::io::Error| FetchError::Transport {
+        url: url.to_string(),
+        message: e.to_string(),
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        let n = r.read(&mut buf).map_err(transport)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total = total.saturating_add(n as u64);
+        if total > max_len {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+                max: max_len,
+            });
+        }
+        out.write_all(&buf[..n]).map_err(transport)?;
+    }
+}
+
+impl Fetcher for HttpFetcher {
+    fn fetch_to(&self, url: &str, max_len: u64, out: &mut dyn Write) -> Result<u64, FetchError> {
+        if let Some(path) = url.strip_prefix("file://") {
+            let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => FetchError::NotFound {
+                    url: url.to_string(),
+                    status: 404,
+                },
+                _ => FetchError::Transport {
+                    url: url.to_string(),
+                    message: e.to_string(),
+                },
+            })?;
+            return copy_capped(url, &mut f, max_len, out);
+        }
+        let mut resp = self
+            .client
+            .get(url)
+            .send()
+            .map_err(|e| FetchError::Transport {
+                url: url.to_string(),
+                message: e.without_url().to_string(),
+            })?;
+        let status = resp.status().as_u16();
+        if status == 403 || status == 404 {
+            return Err(FetchError::NotFound {
+                url: url.to_string(),
+                status,
+            });
+        }
+        if !resp.status().is_success() {
+            return Err(FetchError::Status {
+                url: url.to_string(),
+                status,
+            });
+        }
+        if resp.content_length().is_some_and(|l| l > max_len) {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+                max: max_len,
+            });
+        }
+        copy_capped(url, &mut resp, max_len, out)
+    }
+}

@@ -1,0 +1,255 @@
+//! Server configuration: embedded defaults, then an optional TOML file, then `OTTER_*`
+//! environment variables and command-line flags (the binary applies those two).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The example configuration, every value at its default; `otter-server default-config`
+/// prints it.
+pub const EXAMPLE_CONFIG: &str = include_str!("../otter-server.example.toml");
+
+/// One day in seconds.
+const DAY: u64 = 86_400;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration (unknown keys are refused).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said, with the line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "log format {other:?} is neither \"text\" nor \"json\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// Everything `otter-server serve` needs; [`Config::default`] is a working development setup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Holds the database (`otter.db`), the keys (`keys/`) and, by default, the object store
+    /// (`store/`).
+    pub data_dir: PathBuf,
+    /// Address to listen on, `HOST:PORT` (port 0 picks a free port).
+    pub listen: String,
+    /// Object store for blobs and repository files, as a URL: `file:///ABSOLUTE/PATH`.
+    /// Unset: `DATA_DIR/store`.
+    pub store_url: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// HTTP worker threads; unset: one per CPU core.
+    pub workers: Option<usize>,
+    /// Seconds that requests in flight get to finish on shutdown.
+    pub shutdown_timeout_secs: u64,
+    /// The TUF repository.
+    pub repository: RepositoryConfig,
+}
+
+/// Lifetimes of the signed metadata and how often the re-signing task looks at them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepositoryConfig {
+    /// Lifetime of a development repository's root metadata.
+    pub root_expiry_secs: u64,
+    /// Lifetime of targets metadata.
+    pub targets_expiry_secs: u64,
+    /// Lifetime of snapshot metadata.
+    pub snapshot_expiry_secs: u64,
+    /// Lifetime of timestamp metadata.
+    pub timestamp_expiry_secs: u64,
+    /// Seconds between two checks of the re-signing task. Metadata is re-signed when less
+    /// than half its lifetime remains.
+    pub resign_check_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./otter-data"),
+            listen: "127.0.0.1:8080".into(),
+            store_url: None,
+            log_format: LogFormat::Text,
+            workers: None,
+            shutdown_timeout_secs: 30,
+            repository: RepositoryConfig::default(),
+        }
+    }
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        RepositoryConfig {
+            root_expiry_secs: 365 * DAY,
+            targets_expiry_secs: 90 * DAY,
+            snapshot_expiry_secs: 7 * DAY,
+            timestamp_expiry_secs: DAY,
+            resign_check_secs: 60,
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML configuration; keys it does not know are refused. `origin` names the
+    /// source in messages.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a TOML configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Checks values that the types cannot: non-zero lifetimes, a re-signing check frequent
+    /// enough that nothing can expire between two checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.repository;
+        let lifetimes = [
+            ("root_expiry_secs", r.root_expiry_secs),
+            ("targets_expiry_secs", r.targets_expiry_secs),
+            ("snapshot_expiry_secs", r.snapshot_expiry_secs),
+            ("timestamp_expiry_secs", r.timestamp_expiry_secs),
+        ];
+        for (name, v) in lifetimes {
+            // Bounded so that adding it to the current time cannot overflow.
+            if !(2..=100 * 365 * DAY).contains(&v) {
+                return Err(ConfigError::Invalid(format!(
+                    "repository.{name} = {v}: must be between 2 seconds and 100 years"
+                )));
+            }
+        }
+        let shortest = lifetimes[1..].iter().map(|(_, v)| *v).min().unwrap_or(DAY);
+        if r.resign_check_secs == 0 || r.resign_check_secs.saturating_mul(2) > shortest {
+            return Err(ConfigError::Invalid(format!(
+                "repository.resign_check_secs = {}: must be at least 1 and at most half the \
+                 shortest lifetime ({shortest} s), or metadata could expire between two checks",
+                r.resign_check_secs
+            )));
+        }
+        if self.workers == Some(0) {
+            return Err(ConfigError::Invalid("workers = 0: give at least 1".into()));
+        }
+        if self.listen.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "listen is empty: give HOST:PORT".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where the SQLite database lives.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("otter.db")
+    }
+
+    /// Where the repository's key files live.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
+    /// The default object store directory, used when `store_url` is unset.
+    pub fn default_store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_is_the_default() {
+        let c = Config::from_toml(EXAMPLE_CONFIG, Path::new("example")).unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("listne = \"0.0.0.0:1\"\n", Path::new("f.toml")).unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+        let err =
+            Config::from_toml("[repository]\ntimestamp = 5\n", Path::new("f.toml")).unwrap_err();
+        assert!(err.to_string().contains("timestamp"), "{err}");
+    }
+
+    #[test]
+    fn partial_files_keep_the_other_defaults() {
+        let c = Config::from_toml(
+            "data_dir = \"/srv/otter\"\nlog_format = \"json\"\n[repository]\ntimestamp_expiry_secs = 3600\n",
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/otter"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.repository.timestamp_expiry_secs, 3600);
+        assert_eq!(c.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn a_check_interval_longer_than_half_a_lifetime_is_refused() {
+        let mut c = Config::default();
+        c.repository.timestamp_expiry_secs = 100;
+        c.repository.resign_check_secs = 51;
+        assert!(c.validate().is_err());
+        c.repository.resign_check_secs = 50;
+        c.validate().unwrap();
+        c.repository.resign_check_secs = 0;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! Versioned schema migrations, in code. Each runs once, in its own transaction, and is
+//! recorded in `schema_migrations`; a migration is never edited once released, only followed
+//! by a new one.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::{unix_now, DbError};
+
+/// One schema change.
+#[derive(Debug)]
+pub struct Migration {
+    /// Its number; migrations run in increasing order.
+    pub version: i64,
+    /// What it does, for humans.
+    pub name: &'static str,
+    /// The SQL it runs.
+    pub sql: &'static str,
+}
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "repository, signed metadata versions, API tokens",
+    sql: r#"
+CREATE TABLE repository (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    mode        TEXT    NOT NULL CHECK (mode IN ('development', 'production')),
+    created_at  INTEGER NOT NULL
+) STRICT;
+
+-- Every version of every metadata file the server has signed or accepted. The database is
+-- the source of truth: a version is recorded here before any file naming it is written to
+-- the object store, so a version number is never reused for different contents.
+CREATE TABLE metadata_versions (
+    role        TEXT    NOT NULL,
+    version     INTEGER NOT NULL CHECK (version >= 1),
+    expires     INTEGER NOT NULL,
+    length      INTEGER NOT NULL,
+    sha256      TEXT    NOT NULL,
+    content     BLOB    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (role, version)
+) STRICT;
+
+-- API tokens for people. Only the SHA-256 of a token is kept; the token is shown once.
+CREATE TABLE api_tokens (
+    id            INTEGER PRIMARY KEY,
+    token_sha256  TEXT    NOT NULL UNIQUE,
+    role          TEXT    NOT NULL
+                  CHECK (role IN ('admin', 'publisher', 'operator', 'auditor', 'restorer')),
+    label         TEXT    NOT NULL,
+    created_at    INTEGER NOT NULL,
+    revoked_at    INTEGER
+) STRICT;
+"#,
+}];
+
+/// Brings the schema up to date.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version     INTEGER PRIMARY KEY,
+            name        TEXT    NOT NULL,
+            applied_at  INTEGER NOT NULL
+        ) STRICT;",
+    )?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    // Immediate: two processes opening one new database cannot both migrate it.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    if current > known {
+        return Err(DbError::TooNew {
+            found: current,
+            known,
+        });
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        tx.execute_batch(m.sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![m.version, m.name, unix_now()],
+        )?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied database migration"
+        );
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_strictly() {
+        for w in MIGRATIONS.windows(2) {
+            assert!(w[0].version < w[1].version);
+        }
+        assert_eq!(MIGRATIONS.first().map(|m| m.version), Some(1));
+    }
+}

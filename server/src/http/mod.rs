@@ -1,0 +1,80 @@
+//! The HTTP layer: routes, shared state, request logging. Handlers parse, call and map
+//! errors to [`error::ApiError`]; the logic lives in the modules they call.
+
+pub mod conditional;
+pub mod error;
+pub mod files;
+pub mod health;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, FromRequest, Handler, Responder};
+
+use crate::db::Db;
+use crate::repo::Repository;
+use crate::store::Store;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// The object store.
+    pub store: Store,
+    /// The repository.
+    pub repo: Arc<Repository>,
+}
+
+/// Registers every route, and JSON errors for unknown paths and methods.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(get_head("/repo/metadata/{file}", files::metadata))
+        .service(get_head("/repo/targets/{file}", files::target))
+        .service(
+            web::resource("/healthz")
+                .route(web::get().to(health::healthz))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .default_service(web::to(error::no_route));
+}
+
+/// A resource answering GET and HEAD with `handler`, and 405 in JSON to anything else.
+fn get_head<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(error::method_not_allowed))
+}
+
+/// Logs one line per request: method, path, status, duration. Never headers or bodies.
+pub async fn log_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path: String = req.path().chars().take(256).collect();
+    let res = next.call(req).await;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    match &res {
+        Ok(r) => tracing::info!(
+            target: "otter_server::http",
+            %method,
+            path,
+            status = r.status().as_u16(),
+            ms,
+            "request"
+        ),
+        Err(e) => {
+            tracing::warn!(target: "otter_server::http", %method, path, error = %e, ms, "request failed")
+        }
+    }
+    res
+}

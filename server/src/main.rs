@@ -1,0 +1,103 @@
+//! `otter-server`: serves an Otter TUF repository. `otter-server serve` with no options keeps
+//! its data in `./otter-data` and listens on `127.0.0.1:8080`.
+
+use std::io::Write;
+use std::net::{TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+use otter_server::{Config, LogFormat, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "otter-server",
+    version,
+    about = "Otter's update and backup server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the repository (on an empty data dir, create a development repository first).
+    Serve(ServeArgs),
+    /// Print an example configuration file holding every default.
+    DefaultConfig,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (unknown keys are refused).
+    #[arg(long, env = "OTTER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./otter-data].
+    #[arg(long, env = "OTTER_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:8080].
+    #[arg(long, env = "OTTER_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// Object store URL, file:///ABSOLUTE/PATH [default: DATA_DIR/store].
+    #[arg(long, env = "OTTER_STORE_URL", value_name = "URL")]
+    store_url: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "OTTER_LOG_FORMAT", value_name = "text|json")]
+    log_format: Option<LogFormat>,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::DefaultConfig => {
+            print!("{}", otter_server::config::EXAMPLE_CONFIG);
+            Ok(())
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    config.data_dir = args.data_dir.unwrap_or(config.data_dir);
+    config.listen = args.listen.unwrap_or(config.listen);
+    config.store_url = args.store_url.or(config.store_url);
+    config.log_format = args.log_format.unwrap_or(config.log_format);
+    config.validate()?;
+    otter_server::logging::init(config.log_format)?;
+    let listener = bind(&config.listen)?;
+    let addr = listener.local_addr()?;
+    actix_web::rt::System::new().block_on(async move {
+        let server = Server::open(config).await?;
+        if let Some(created) = server.dev_repository_created() {
+            eprintln!("{}", created.warning());
+            println!(
+                "admin API token (shown once, it is stored only hashed): {}",
+                created.admin_token.expose_dangerous()
+            );
+        }
+        println!("listening on http://{addr}");
+        std::io::stdout().flush()?;
+        server
+            .run(listener, otter_server::shutdown_signal())
+            .await?;
+        Ok(())
+    })
+}
+
+fn bind(listen: &str) -> Result<TcpListener> {
+    let addrs = listen
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {listen:?}: not a HOST:PORT address"))?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpListener::bind(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(anyhow!(e).context(format!("cannot listen on {addr}"))),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("--listen {listen:?} resolves to no address")))
+}

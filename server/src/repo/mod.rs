@@ -1,0 +1,385 @@
+//! The TUF repository the server publishes: its state, initialisation of a development
+//! repository, re-signing, and the order in which files reach the object store.
+//!
+//! The database is the source of truth. A new metadata version is committed there first;
+//! then its file is written to the store, and the file that points to it (the timestamp)
+//! last. A crash at any point leaves the store serving the previous consistent state, and the
+//! next start writes whatever the database holds and the store lacks.
+
+pub mod build;
+pub mod dev;
+pub mod names;
+mod records;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use otter_keys::crypto::KeyId;
+use otter_keys::keyfile::KeyFileError;
+use otter_keys::metadata::MetadataError;
+use otter_keys::time::UtcTime;
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+use crate::db::{Db, DbError};
+use crate::store::{metadata_key, Store, StoreError};
+use crate::tokens::{insert_token, ApiToken, RandomError, TokenRole};
+use build::{FileRecord, Lifetimes, OnlineKeys, Plan, RepoState, SignedFile, TopRole};
+
+/// What went wrong with the repository.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The object store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A key file could not be written or opened.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    /// Metadata could not be built or parsed.
+    #[error("{context}: {source}")]
+    Metadata {
+        /// What was being done.
+        context: &'static str,
+        /// The cause.
+        source: MetadataError,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The operating system's random generator failed.
+    #[error("{0}")]
+    Random(String),
+    /// What the data dir holds does not form a valid repository.
+    #[error(
+        "the repository in the data dir is inconsistent: {0}; restore the data dir from a backup"
+    )]
+    Inconsistent(String),
+    /// The data dir holds a repository this build cannot serve.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A blocking task did not complete.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl From<RandomError> for RepoError {
+    fn from(e: RandomError) -> Self {
+        RepoError::Random(e.to_string())
+    }
+}
+
+fn metadata_err(context: &'static str) -> impl FnOnce(MetadataError) -> RepoError {
+    move |source| RepoError::Metadata { context, source }
+}
+
+/// How the repository's keys are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoMode {
+    /// Made by the server on an empty data dir; every key, root included, is on the server.
+    Development,
+}
+
+/// What a first start on an empty data dir created; shown once to the person starting it.
+#[derive(Debug)]
+pub struct DevRepositoryCreated {
+    /// The admin API token. It is stored only hashed: this is the one chance to see it.
+    pub admin_token: ApiToken,
+    /// The key id of the (online) root key.
+    pub root_key_id: KeyId,
+    /// Where the keys were saved.
+    pub keys_dir: PathBuf,
+}
+
+impl DevRepositoryCreated {
+    /// The loud warning about the online root key and how to set up production. Holds no
+    /// secret.
+    pub fn warning(&self) -> String {
+        format!(
+            "\
+################################################################################
+#  DEVELOPMENT REPOSITORY CREATED - ITS ROOT KEY IS ONLINE                     #
+################################################################################
+  otter-server generated all four TUF keys (root {root}) and keeps them in
+  {dir}, with the passphrase beside them. Anyone who can read that
+  directory can sign updates for every device that trusts this root.
+  Use it for development and tests only; never ship a device that trusts it.
+
+  Production: create offline root keys with `otter-keys init`, then set the
+  server up with `otter-server init` (coming with issue 3).
+################################################################################",
+            root = self.root_key_id.short(),
+            dir = self.keys_dir.display()
+        )
+    }
+}
+
+/// The versions currently published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    /// Root.
+    pub root: u64,
+    /// Targets.
+    pub targets: u64,
+    /// Snapshot.
+    pub snapshot: u64,
+    /// Timestamp.
+    pub timestamp: u64,
+}
+
+fn versions_of(s: &RepoState) -> Versions {
+    Versions {
+        root: s.root.version(),
+        targets: s.targets.version(),
+        snapshot: s.snapshot.version(),
+        timestamp: s.timestamp.version(),
+    }
+}
+
+/// The repository: current state, online keys, database and store.
+pub struct Repository {
+    db: Db,
+    store: Store,
+    keys: OnlineKeys,
+    lifetimes: Lifetimes,
+    mode: RepoMode,
+    state: Mutex<RepoState>,
+    /// Set when the database holds versions the store may lack (a write failed).
+    store_behind: AtomicBool,
+}
+
+impl Repository {
+    /// Opens the repository in the data dir, or initialises a development repository when
+    /// there is none (then returns what was created). Writes to the store whatever the
+    /// database holds and the store lacks, and re-signs what is due.
+    pub async fn open_or_init(
+        config: &Config,
+        db: Db,
+        store: Store,
+    ) -> Result<(Repository, Option<DevRepositoryCreated>), RepoError> {
+        let lifetimes = Lifetimes::from(&config.repository);
+        let keys_dir = config.keys_dir();
+        let mode = db.call(|c| records::mode(c)).await?;
+        let (state, keys, created) = match mode.as_deref() {
+            None => {
+                let (state, keys, created) = init_development(&db, keys_dir, &lifetimes).await?;
+                (state, keys, Some(created))
+            }
+            Some("development") => {
+                let (state, keys) = load_development(&db, keys_dir).await?;
+                (state, keys, None)
+            }
+            Some(other) => {
+                return Err(RepoError::Unsupported(format!(
+                "the data dir holds a {other} repository, which this otter-server cannot serve yet"
+            )))
+            }
+        };
+        let repo = Repository {
+            db,
+            store,
+            keys,
+            lifetimes,
+            mode: RepoMode::Development,
+            state: Mutex::new(state),
+            store_behind: AtomicBool::new(true),
+        };
+        {
+            let state = repo.state.lock().await;
+            repo.republish(&state).await?;
+        }
+        repo.refresh(UtcTime::now()).await?;
+        Ok((repo, created))
+    }
+
+    /// How the keys are held.
+    pub fn mode(&self) -> RepoMode {
+        self.mode
+    }
+
+    /// The versions currently published.
+    pub async fn versions(&self) -> Versions {
+        versions_of(&*self.state.lock().await)
+    }
+
+    /// Re-signs targets, snapshot and timestamp as they come due at `now` (less than half
+    /// their lifetime left). Returns the new versions, or `None` when nothing was due.
+    pub async fn refresh(&self, now: UtcTime) -> Result<Option<Versions>, RepoError> {
+        let mut state = self.state.lock().await;
+        if self.store_behind.load(Ordering::SeqCst) {
+            self.republish(&state).await?;
+        }
+        let plan = build::plan(&state, now, &self.lifetimes);
+        if plan == Plan::default() {
+            return Ok(None);
+        }
+        let (next, changed) = build::resign(&state, plan, &self.keys, now, &self.lifetimes)
+            .map_err(metadata_err("re-signing metadata"))?;
+        build::verify_state(&next).map_err(RepoError::Inconsistent)?;
+        let new_records: Vec<FileRecord> = changed.iter().map(|r| next.record(*r)).collect();
+        // 1. The database decides: from its commit on, these versions exist.
+        let rows = new_records.clone();
+        self.db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                records::insert_versions(&tx, &rows, now.unix())?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        *state = next;
+        // 2. The store follows, the timestamp last.
+        self.store_behind.store(true, Ordering::SeqCst);
+        self.publish(&new_records).await?;
+        self.store_behind.store(false, Ordering::SeqCst);
+        Ok(Some(versions_of(&state)))
+    }
+
+    /// Writes new files in order: versioned files first, the timestamp that names them last.
+    async fn publish(&self, new: &[FileRecord]) -> Result<(), RepoError> {
+        let (pointers, versioned): (Vec<&FileRecord>, Vec<&FileRecord>) =
+            new.iter().partition(|r| r.role == TopRole::Timestamp);
+        for r in versioned.into_iter().chain(pointers) {
+            self.store
+                .put(&metadata_key(&r.file_name()), r.bytes.clone())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the store hold every root version and the current state, writing only what is
+    /// missing or different (so immutable files keep their ETags), the timestamp last.
+    async fn republish(&self, state: &RepoState) -> Result<(), RepoError> {
+        let roots = self.db.call(|c| records::all_roots(c)).await?;
+        let mut files: Vec<(String, Vec<u8>)> = roots
+            .into_iter()
+            .map(|(v, bytes)| (format!("{v}.root.json"), bytes))
+            .collect();
+        for role in [TopRole::Targets, TopRole::Snapshot] {
+            let r = state.record(role);
+            files.push((r.file_name(), r.bytes));
+        }
+        files.push(("root.json".into(), state.root.bytes.clone()));
+        files.push(("timestamp.json".into(), state.timestamp.bytes.clone()));
+        for (name, bytes) in files {
+            let key = metadata_key(&name);
+            if self.store.get_bytes(&key).await?.as_deref() != Some(&bytes[..]) {
+                self.store.put(&key, bytes).await?;
+            }
+        }
+        self.store_behind.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, RepoError>
+where
+    F: FnOnce() -> Result<T, RepoError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RepoError::Task(e.to_string()))?
+}
+
+async fn init_development(
+    db: &Db,
+    keys_dir: PathBuf,
+    lifetimes: &Lifetimes,
+) -> Result<(RepoState, OnlineKeys, DevRepositoryCreated), RepoError> {
+    let dir = keys_dir.clone();
+    // Key files go through scrypt and fsync: off the executor.
+    let keys = blocking(move || dev::generate_and_save(&dir)).await?;
+    let now = UtcTime::now();
+    let state = build::initial_state(&keys, now, lifetimes)
+        .map_err(metadata_err("building the initial metadata"))?;
+    build::verify_state(&state).map_err(RepoError::Inconsistent)?;
+    let token = ApiToken::generate()?;
+    let rows: Vec<FileRecord> = [
+        TopRole::Root,
+        TopRole::Targets,
+        TopRole::Snapshot,
+        TopRole::Timestamp,
+    ]
+    .into_iter()
+    .map(|r| state.record(r))
+    .collect();
+    let token = db
+        .call(move |c| {
+            let tx = c.transaction()?;
+            records::insert_repository(&tx, "development", now.unix())?;
+            records::insert_versions(&tx, &rows, now.unix())?;
+            insert_token(
+                &tx,
+                &token,
+                TokenRole::Admin,
+                "created with the development repository",
+                now.unix(),
+            )?;
+            tx.commit()?;
+            Ok(token)
+        })
+        .await?;
+    tracing::info!(
+        root_key = keys.root.key_id().short(),
+        keys_dir = %keys_dir.display(),
+        "created a development repository"
+    );
+    let created = DevRepositoryCreated {
+        admin_token: token,
+        root_key_id: keys.root.key_id(),
+        keys_dir,
+    };
+    Ok((state, keys.online, created))
+}
+
+async fn load_development(
+    db: &Db,
+    keys_dir: PathBuf,
+) -> Result<(RepoState, OnlineKeys), RepoError> {
+    let rows = db
+        .call(|c| {
+            let mut out = Vec::new();
+            for role in [
+                TopRole::Root,
+                TopRole::Targets,
+                TopRole::Snapshot,
+                TopRole::Timestamp,
+            ] {
+                out.push((role, records::latest(c, role)?));
+            }
+            Ok(out)
+        })
+        .await?;
+    let bytes_of = |role: TopRole| -> Result<Vec<u8>, RepoError> {
+        rows.iter()
+            .find(|(r, _)| *r == role)
+            .and_then(|(_, row)| row.as_ref())
+            .map(|(_, b)| b.clone())
+            .ok_or_else(|| {
+                RepoError::Inconsistent(format!("the database holds no {} metadata", role.name()))
+            })
+    };
+    let parse = metadata_err("reading metadata back from the database");
+    let state = RepoState {
+        root: SignedFile::from_bytes(bytes_of(TopRole::Root)?).map_err(parse)?,
+        targets: SignedFile::from_bytes(bytes_of(TopRole::Targets)?)
+            .map_err(metadata_err("reading targets back from the database"))?,
+        snapshot: SignedFile::from_bytes(bytes_of(TopRole::Snapshot)?)
+            .map_err(metadata_err("reading snapshot back from the database"))?,
+        timestamp: SignedFile::from_bytes(bytes_of(TopRole::Timestamp)?)
+            .map_err(metadata_err("reading timestamp back from the database"))?,
+    };
+    build::verify_state(&state).map_err(RepoError::Inconsistent)?;
+    let dir = keys_dir.clone();
+    let keys = blocking(move || dev::load_online_keys(&dir)).await?;
+    build::check_online_keys(state.root.signed(), &keys).map_err(RepoError::Inconsistent)?;
+    Ok((state, keys))
+}
