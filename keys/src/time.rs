@@ -141,8 +141,17 @@ impl fmt::Display for UtcTime {
     }
 }
 
+/// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range the written form can hold.
+const MIN_WRITABLE: i64 = -62_167_219_200;
+const MAX_WRITABLE: i64 = 253_402_300_799;
+
 impl Serialize for UtcTime {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !(MIN_WRITABLE..=MAX_WRITABLE).contains(&self.0) {
+            return Err(serde::ser::Error::custom(
+                "time outside the years 0000-9999 cannot be written",
+            ));
+        }
         s.collect_str(self)
     }
 }

@@ -166,8 +166,21 @@ impl<T: Role> Metadata<T> {
     pub fn new(signed: T) -> Result<Self, MetadataError> {
         signed.validate()?;
         check_spec_version(signed.spec_version())?;
+        if signed.version() == 0 {
+            return Err(MetadataError::Invalid("version must be 1 or more".into()));
+        }
         let signed_value =
             serde_json::to_value(&signed).map_err(|e| MetadataError::Schema(e.to_string()))?;
+        let found = signed_value
+            .get("_type")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if found != T::TYPE {
+            return Err(MetadataError::WrongType {
+                expected: T::TYPE.into(),
+                found: found.chars().take(32).collect(),
+            });
+        }
         let canonical = canonical::to_canonical_bytes(&signed_value)?;
         Ok(Metadata {
             signed,
@@ -368,7 +381,7 @@ pub fn check_no_rollback(role: &str, trusted: u64, new: u64) -> Result<(), Metad
     Ok(())
 }
 
-/// Spec 5.5.3 / 5.6.3: the version of a file must be the one its parent metadata names.
+/// Spec 5.5.4 / 5.6.4: the version of a file must be the one its parent metadata names.
 pub fn check_expected_version(role: &str, expected: u64, found: u64) -> Result<(), MetadataError> {
     if expected != found {
         return Err(MetadataError::Version {
