@@ -52,7 +52,14 @@ fn init_writes_a_self_verifying_root_and_private_keys_0600() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("c");
     init(&dir, &["--root-keys", "3", "--threshold", "2"]);
-    for name in ["root-1", "root-2", "root-3", "targets", "snapshot", "timestamp"] {
+    for name in [
+        "root-1",
+        "root-2",
+        "root-3",
+        "targets",
+        "snapshot",
+        "timestamp",
+    ] {
         let p = dir.join("keys").join(format!("{name}.key"));
         #[cfg(unix)]
         {
@@ -87,7 +94,11 @@ fn init_writes_a_self_verifying_root_and_private_keys_0600() {
 fn init_refuses_to_overwrite_and_impossible_thresholds() {
     let d = tempfile::tempdir().unwrap();
     init(d.path(), &[]);
-    let o = keys().args(["init", "--dir"]).arg(d.path()).output().unwrap();
+    let o = keys()
+        .args(["init", "--dir"])
+        .arg(d.path())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("exists already"), "{}", text(&o));
 
@@ -98,7 +109,11 @@ fn init_refuses_to_overwrite_and_impossible_thresholds() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("threshold 3 is more than the 2 root keys"), "{}", text(&o));
+    assert!(
+        text(&o).contains("threshold 3 is more than the 2 root keys"),
+        "{}",
+        text(&o)
+    );
     assert!(!d2.path().join("1.root.json").exists());
 }
 
@@ -153,7 +168,12 @@ fn rotation_needs_old_and_new_thresholds_and_partial_roots_can_be_completed() {
     let o = keys()
         .args(["root", "rotate", "--dir"])
         .arg(dir)
-        .args(["--remove-key", &format!("timestamp={}", &ts[..8]), "--generate-key", "timestamp"])
+        .args([
+            "--remove-key",
+            &format!("timestamp={}", &ts[..8]),
+            "--generate-key",
+            "timestamp",
+        ])
         .arg("--sign-with")
         .arg(k("root-1"))
         .output()
@@ -167,7 +187,12 @@ fn rotation_needs_old_and_new_thresholds_and_partial_roots_can_be_completed() {
     keys()
         .args(["root", "rotate", "--allow-partial", "--dir"])
         .arg(dir)
-        .args(["--remove-key", &format!("timestamp={}", &ts[..8]), "--generate-key", "timestamp"])
+        .args([
+            "--remove-key",
+            &format!("timestamp={}", &ts[..8]),
+            "--generate-key",
+            "timestamp",
+        ])
         .arg("--sign-with")
         .arg(k("root-1"))
         .assert()
@@ -238,7 +263,13 @@ fn verify_refuses_expired_and_a_root_that_skips_a_version() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("expired"), "{}", text(&o));
     keys()
-        .args(["verify", "--allow-expired", "--at", "2099-01-01T00:00:00Z", "--root"])
+        .args([
+            "verify",
+            "--allow-expired",
+            "--at",
+            "2099-01-01T00:00:00Z",
+            "--root",
+        ])
         .arg(&root)
         .arg(&root)
         .assert()
@@ -303,7 +334,9 @@ fn recovery_key_is_encrypted_0600_with_a_public_recipient() {
     assert!(raw.starts_with(b"age-encryption.org/v1"));
     assert!(!String::from_utf8_lossy(&raw).contains("AGE-SECRET-KEY"));
     assert_eq!(
-        std::fs::read_to_string(d.path().join("recovery.age.pub")).unwrap().trim(),
+        std::fs::read_to_string(d.path().join("recovery.age.pub"))
+            .unwrap()
+            .trim(),
         public
     );
     let o = keys()
@@ -325,7 +358,12 @@ fn recovery_key_is_encrypted_0600_with_a_public_recipient() {
 fn help_teaches_the_ceremony() {
     let o = keys().arg("--help").output().unwrap();
     let t = text(&o);
-    for needle in ["threshold", "root rotate", "recovery-key", "OTTER_KEYS_PASSPHRASE"] {
+    for needle in [
+        "threshold",
+        "root rotate",
+        "recovery-key",
+        "OTTER_KEYS_PASSPHRASE",
+    ] {
         assert!(t.contains(needle), "--help lacks {needle:?}");
     }
 }
