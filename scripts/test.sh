@@ -2,7 +2,7 @@
 # Runs every test of the workspace. First installs what the tests need and is not a Rust crate:
 # the standard `age` tool (backups must stay readable without Otter) and a Python venv with the
 # TUF reference implementation, python-tuf (interoperability tests). Safe to run again: set-up
-# steps skip what is already there.
+# steps skip what is already there. Ends with one summary line: "tests: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,4 +16,13 @@ if ! command -v age >/dev/null; then
   fi
 fi
 bash scripts/python-venv.sh
-cargo test --workspace --locked "$@"
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+echo
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$status"
