@@ -11,6 +11,7 @@
 //! - [`time`]: the UTC timestamps of metadata.
 //! - [`keyfile`]: passphrase-encrypted key files.
 //! - [`atomic`]: the atomic-write helper.
+//! - [`report`]: rendering errors and their causes for people.
 //! - [`envelope`]: the backup envelope (age recipients, keyed chunk ids, signed manifest chain).
 
 pub mod atomic;
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod hash;
 pub mod keyfile;
 pub mod metadata;
+pub mod report;
 pub mod time;
 
 pub use age;

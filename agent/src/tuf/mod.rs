@@ -199,6 +199,39 @@ impl<F: Fetcher> Updater<F> {
     }
 
     fn load_root(&mut self) -> Result<(), UpdateError> {
+        let keys_of = |t: &TrustedSet, role: &str| {
+            t.root()
+                .signed()
+                .role(role)
+                .ok()
+                .map(|r| (r.keyids.clone(), r.threshold))
+        };
+        let before = (
+            keys_of(&self.trusted, "timestamp"),
+            keys_of(&self.trusted, "snapshot"),
+        );
+        let result = self.walk_root_chain();
+        // 5.3.11: when the timestamp or snapshot keys changed, the local copies are no
+        // longer trusted, so a fast-forward attack on them can be recovered from.
+        let after = (
+            keys_of(&self.trusted, "timestamp"),
+            keys_of(&self.trusted, "snapshot"),
+        );
+        if before != after {
+            for role in ["timestamp", "snapshot"] {
+                let path = self.local_path(role);
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io_err(&path)(e));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        result
+    }
+
+    fn walk_root_chain(&mut self) -> Result<(), UpdateError> {
         let start = self.trusted.root().signed().version.saturating_add(1);
         let end = start.saturating_add(self.cfg.max_root_rotations);
         for version in start..end {
