@@ -2,8 +2,11 @@
 //!
 //! - [`tuf`]: the TUF client workflow (specification section 5): trusted metadata, the
 //!   update sequence over any mirror, delegation search, verified target downloads.
+//! - [`backup`]: backups of the terminal's SQLite database (one-step snapshot, page chunks,
+//!   encrypted packs, signed manifest chain) and verified, atomic restores.
 //!
 //! Still to come (see the agent issue): enrollment, update selection, atomic apply with
 //! health check and rollback, the daemon, backups and restores.
 
+pub mod backup;
 pub mod tuf;

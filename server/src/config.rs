@@ -89,8 +89,35 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Seconds that requests in flight get to finish on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// File holding the passphrase of a production repository's online keys (first line).
+    /// Unset: the `OTTER_SERVER_KEY_PASSPHRASE` environment variable.
+    pub key_passphrase_file: Option<PathBuf>,
     /// The TUF repository.
     pub repository: RepositoryConfig,
+    /// Uploads of release bundles.
+    pub publishing: PublishingConfig,
+}
+
+/// Limits on uploaded bundles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishingConfig {
+    /// Largest bundle upload accepted, in bytes; larger ones get 413.
+    pub max_upload_bytes: u64,
+    /// Most bytes a bundle may unpack to (decompression bomb defence).
+    pub max_unpacked_bytes: u64,
+    /// Most entries in a bundle's tar.
+    pub max_entries: usize,
+}
+
+impl Default for PublishingConfig {
+    fn default() -> Self {
+        PublishingConfig {
+            max_upload_bytes: 1024 * 1024 * 1024,
+            max_unpacked_bytes: 4 * 1024 * 1024 * 1024,
+            max_entries: 10_000,
+        }
+    }
 }
 
 /// Lifetimes of the signed metadata and how often the re-signing task looks at them.
@@ -119,7 +146,9 @@ impl Default for Config {
             log_format: LogFormat::Text,
             workers: None,
             shutdown_timeout_secs: 30,
+            key_passphrase_file: None,
             repository: RepositoryConfig::default(),
+            publishing: PublishingConfig::default(),
         }
     }
 }
@@ -181,6 +210,12 @@ impl Config {
                 r.resign_check_secs
             )));
         }
+        let p = &self.publishing;
+        if p.max_upload_bytes == 0 || p.max_unpacked_bytes == 0 || p.max_entries == 0 {
+            return Err(ConfigError::Invalid(
+                "publishing limits must be at least 1".into(),
+            ));
+        }
         if self.workers == Some(0) {
             return Err(ConfigError::Invalid("workers = 0: give at least 1".into()));
         }
@@ -200,6 +235,11 @@ impl Config {
     /// Where the repository's key files live.
     pub fn keys_dir(&self) -> PathBuf {
         self.data_dir.join("keys")
+    }
+
+    /// Where uploads are spooled while they are checked.
+    pub fn upload_dir(&self) -> PathBuf {
+        self.data_dir.join("uploads")
     }
 
     /// The default object store directory, used when `store_url` is unset.

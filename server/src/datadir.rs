@@ -68,6 +68,22 @@ pub fn prepare(dir: &Path) -> Result<DataDirLock, DataDirError> {
     Ok(DataDirLock { _file: file })
 }
 
+/// Removes uploads left in the spool directory by a server that was killed mid-upload.
+/// Call with the lock held. Failures are logged, not fatal.
+pub fn clear_spool(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("upload-") {
+            if let Err(err) = fs::remove_file(e.path()) {
+                tracing::warn!(file = %e.path().display(), error = %err, "cannot remove a stale upload");
+            }
+        }
+    }
+}
+
 // `File::try_lock` is std since Rust 1.89, which actix-web and rusqlite need anyway.
 #[allow(clippy::incompatible_msrv)]
 fn lock(file: &File, dir: &Path) -> Result<(), DataDirError> {

@@ -2,20 +2,24 @@
 //! real thing on `127.0.0.1:0`; the `otter-server` binary is a thin shell over it.
 //!
 //! It owns the HTTP API, the repository (signing targets, snapshot and timestamp with online
-//! keys), storage of files through `object_store` and of records in SQLite. This first slice
-//! serves a development repository; publishing, fleet, roles and audit follow (issue 3).
+//! keys), storage of files through `object_store` and of records in SQLite, API tokens with
+//! roles, and publishing release bundles. Fleet, rollouts and audit follow (issue 3).
 //!
 //! - [`config`]: defaults, TOML file, validation.
+//! - [`setup`]: `otter-server init`, a production repository from `otter-keys init` output.
+//! - [`bundle`]: release bundles (zstd tar + manifest) and their validation.
 //! - [`datadir`]: creating, checking and locking the data dir.
 //! - [`db`]: SQLite in WAL mode, migrations, blocking calls off the executor.
 //! - [`store`]: the object store and its keys.
 //! - [`repo`]: the TUF repository: state, development setup, re-signing, publication order,
 //!   and the file names it serves.
-//! - [`tokens`]: API tokens, stored hashed.
-//! - [`http`]: routes, file serving with ranges and conditional requests, health, errors.
+//! - [`tokens`]: API tokens, stored hashed; create, list, revoke, look up.
+//! - [`http`]: routes, the bearer-token extractor and role policies, file serving with
+//!   ranges and conditional requests, publishing endpoints, health, errors.
 //! - [`resign`]: the background re-signing task.
 //! - [`logging`]: `tracing` output as text or JSON.
 
+pub mod bundle;
 pub mod config;
 pub mod datadir;
 pub mod db;
@@ -23,6 +27,7 @@ pub mod http;
 pub mod logging;
 pub mod repo;
 pub mod resign;
+pub mod setup;
 pub mod store;
 pub mod tokens;
 
@@ -76,14 +81,23 @@ impl Server {
     pub async fn open(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         let lock = datadir::prepare(&config.data_dir)?;
+        datadir::clear_spool(&config.upload_dir());
         let db = db::Db::open(&config.db_path()).await?;
         let store = store::Store::open(config.store_url.as_deref(), &config.default_store_dir())?;
         let (repo, created) = Repository::open_or_init(&config, db.clone(), store.clone()).await?;
         let v = repo.versions().await;
-        tracing::warn!(
-            keys_dir = %config.keys_dir().display(),
-            "serving a DEVELOPMENT repository: its root key is online; never ship a device that trusts it"
-        );
+        if repo.mode() == repo::RepoMode::Development {
+            tracing::warn!(
+                keys_dir = %config.keys_dir().display(),
+                "serving a DEVELOPMENT repository: its root key is online; never ship a device that trusts it"
+            );
+        }
+        if let Some(w) = repo
+            .root_expiry_warning(otter_keys::time::UtcTime::now())
+            .await
+        {
+            tracing::warn!("{w}");
+        }
         tracing::info!(
             data_dir = %config.data_dir.display(),
             store = store.url(),
@@ -135,6 +149,8 @@ impl Server {
             db,
             store,
             repo: Arc::clone(&repo),
+            publishing: config.publishing.clone(),
+            upload_dir: config.upload_dir(),
         });
         let mut server = HttpServer::new(move || {
             App::new()

@@ -1,5 +1,8 @@
 //! `otter-server`: serves an Otter TUF repository. `otter-server serve` with no options keeps
-//! its data in `./otter-data` and listens on `127.0.0.1:8080`.
+//! its data in `./otter-data` and listens on `127.0.0.1:8080`. `init`, `token` and `publish`
+//! administer it (see [`cli`]).
+
+mod cli;
 
 use std::io::Write;
 use std::net::{TcpListener, ToSocketAddrs};
@@ -24,6 +27,13 @@ struct Cli {
 enum Command {
     /// Serve the repository (on an empty data dir, create a development repository first).
     Serve(ServeArgs),
+    /// Set up a production repository from `otter-keys init` output.
+    Init(cli::init::InitArgs),
+    /// Create, list or revoke API tokens, on the server host (no token needed).
+    #[command(subcommand)]
+    Token(cli::token::TokenCommand),
+    /// Upload and publish a release bundle.
+    Publish(cli::publish::PublishArgs),
     /// Print an example configuration file holding every default.
     DefaultConfig,
 }
@@ -45,11 +55,18 @@ struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "OTTER_LOG_FORMAT", value_name = "text|json")]
     log_format: Option<LogFormat>,
+    /// Production repositories: file holding the online keys' passphrase (else the
+    /// OTTER_SERVER_KEY_PASSPHRASE environment variable).
+    #[arg(long, env = "OTTER_KEY_PASSPHRASE_FILE", value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
+        Command::Init(args) => cli::init::run(args),
+        Command::Token(cmd) => cli::token::run(cmd),
+        Command::Publish(args) => cli::publish::run(args),
         Command::DefaultConfig => {
             print!("{}", otter_server::config::EXAMPLE_CONFIG);
             Ok(())
@@ -66,6 +83,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     config.listen = args.listen.unwrap_or(config.listen);
     config.store_url = args.store_url.or(config.store_url);
     config.log_format = args.log_format.unwrap_or(config.log_format);
+    config.key_passphrase_file = args.passphrase_file.or(config.key_passphrase_file);
     config.validate()?;
     otter_server::logging::init(config.log_format)?;
     let listener = bind(&config.listen)?;

@@ -110,6 +110,53 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a (large) local file as an object, streaming it in parts so that it is never
+    /// whole in memory; atomic like [`Store::put`]. File reads run off the executor.
+    pub async fn put_file(&self, key: &str, file: &Path) -> Result<(), StoreError> {
+        use std::io::Read;
+        const PART: usize = 8 * 1024 * 1024;
+        let path = object_path(key)?;
+        let op = |op: &'static str| {
+            let key = key.to_owned();
+            move |source| StoreError::Op { op, key, source }
+        };
+        let read_err = |e: std::io::Error| StoreError::Op {
+            op: "read upload",
+            key: key.into(),
+            source: object_store::Error::Generic {
+                store: "upload",
+                source: Box::new(e),
+            },
+        };
+        let f = std::fs::File::open(file).map_err(read_err)?;
+        let mut upload = self.inner.put_multipart(&path).await.map_err(op("put"))?;
+        let mut reader = Some(f);
+        loop {
+            let Some(mut r) = reader.take() else { break };
+            let (r, chunk) = tokio::task::spawn_blocking(move || {
+                let mut buf = Vec::with_capacity(PART);
+                let res = (&mut r).take(PART as u64).read_to_end(&mut buf);
+                (r, res.map(|_| buf))
+            })
+            .await
+            .map_err(|e| read_err(std::io::Error::other(e.to_string())))?;
+            let chunk = chunk.map_err(read_err)?;
+            if chunk.is_empty() {
+                break;
+            }
+            let last = chunk.len() < PART;
+            if let Err(e) = upload.put_part(PutPayload::from(chunk)).await {
+                let _ = upload.abort().await;
+                return Err(op("put")(e));
+            }
+            if !last {
+                reader = Some(r);
+            }
+        }
+        upload.complete().await.map_err(op("put"))?;
+        Ok(())
+    }
+
     /// Reads an object's metadata; `None` when it does not exist.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         let path = object_path(key)?;

@@ -18,10 +18,11 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "repository, signed metadata versions, API tokens",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "repository, signed metadata versions, API tokens",
+        sql: r#"
 CREATE TABLE repository (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     mode        TEXT    NOT NULL CHECK (mode IN ('development', 'production')),
@@ -53,7 +54,33 @@ CREATE TABLE api_tokens (
     revoked_at    INTEGER
 ) STRICT;
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "releases",
+        sql: r#"
+-- Every release ever published. (name, version) is unique for good: a yanked release keeps
+-- its row, so the same version can never be published again with other contents.
+CREATE TABLE releases (
+    id               INTEGER PRIMARY KEY,
+    name             TEXT    NOT NULL,
+    version          TEXT    NOT NULL,
+    kind             TEXT    NOT NULL CHECK (kind IN ('firmware', 'driver', 'patch')),
+    target_name      TEXT    NOT NULL UNIQUE,
+    length           INTEGER NOT NULL CHECK (length >= 0),
+    sha256           TEXT    NOT NULL,
+    channel          TEXT    NOT NULL,
+    hardware         TEXT    NOT NULL,
+    manifest         BLOB    NOT NULL,
+    published_by     INTEGER REFERENCES api_tokens(id),
+    published_at     INTEGER NOT NULL,
+    targets_version  INTEGER NOT NULL,
+    yanked_at        INTEGER,
+    UNIQUE (name, version)
+) STRICT;
+"#,
+    },
+];
 
 /// Brings the schema up to date.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), DbError> {

@@ -110,6 +110,19 @@ impl Db {
         .map_err(|e| DbError::Task(e.to_string()))?
     }
 
+    /// Runs `f` with the connection on this thread. Blocking: for command-line tools and
+    /// blocking contexts only, never on the async executor.
+    pub fn with_conn_blocking<T, E>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<DbError>,
+    {
+        let mut guard = self.conn.lock().map_err(|_| DbError::Poisoned)?;
+        f(&mut guard)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -54,6 +54,16 @@ impl ApiError {
         )
     }
 
+    /// 400 with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// The machine code.
     pub fn code(&self) -> &'static str {
         self.code
@@ -89,6 +99,16 @@ impl ResponseError for ApiError {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ));
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is not wanted: close rather than read it.
+            res.force_close();
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"otter\""),
+            ));
+        }
         res.json(Body {
             error: Inner {
                 code: self.code,
@@ -122,6 +142,6 @@ pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiErr
     Err(ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not allowed here; use GET or HEAD", req.method()),
+        format!("{} is not allowed on this path", req.method()),
     ))
 }

@@ -1,4 +1,5 @@
-//! `GET /healthz`: the database answers and the store holds the timestamp.
+//! `GET /healthz`: the database answers and the store holds the timestamp; `warnings` lists
+//! what needs a person soon (a root close to expiry).
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -41,11 +42,21 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
             false
         }
     };
+    let warnings: Vec<String> = state
+        .repo
+        .root_expiry_warning(otter_keys::time::UtcTime::now())
+        .await
+        .into_iter()
+        .collect();
     let word = |ok: bool| if ok { "ok" } else { "failed" };
     if db_ok && store_ok {
         Ok(HttpResponse::Ok()
             .insert_header(("Cache-Control", "no-store"))
-            .json(json!({"status": "ok", "checks": {"database": "ok", "store": "ok"}})))
+            .json(json!({
+                "status": "ok",
+                "checks": {"database": "ok", "store": "ok"},
+                "warnings": warnings,
+            })))
     } else {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

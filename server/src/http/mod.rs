@@ -1,10 +1,13 @@
 //! The HTTP layer: routes, shared state, request logging. Handlers parse, call and map
 //! errors to [`error::ApiError`]; the logic lives in the modules they call.
 
+pub mod auth;
 pub mod conditional;
 pub mod error;
 pub mod files;
 pub mod health;
+pub mod releases;
+pub mod tokens_api;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +17,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, Handler, Responder};
 
+use crate::config::PublishingConfig;
 use crate::db::Db;
 use crate::repo::Repository;
 use crate::store::Store;
@@ -26,12 +30,57 @@ pub struct AppState {
     pub store: Store,
     /// The repository.
     pub repo: Arc<Repository>,
+    /// Upload limits.
+    pub publishing: PublishingConfig,
+    /// Where uploads are spooled.
+    pub upload_dir: std::path::PathBuf,
 }
+
+/// Every API route with its method, path pattern and the roles admitted: the table the
+/// authorization test walks.
+pub const API_ROUTES: &[(&str, &str, &[crate::tokens::TokenRole])] = {
+    use auth::Policy;
+    &[
+        ("POST", "/api/v1/tokens", auth::ManageTokens::ROLES),
+        ("GET", "/api/v1/tokens", auth::ReadTokens::ROLES),
+        ("DELETE", "/api/v1/tokens/{id}", auth::ManageTokens::ROLES),
+        ("POST", "/api/v1/releases", auth::Publish::ROLES),
+        ("GET", "/api/v1/releases", auth::ReadReleases::ROLES),
+        (
+            "DELETE",
+            "/api/v1/releases/{name}/{version}",
+            auth::Publish::ROLES,
+        ),
+    ]
+};
 
 /// Registers every route, and JSON errors for unknown paths and methods.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get_head("/repo/metadata/{file}", files::metadata))
         .service(get_head("/repo/targets/{file}", files::target))
+        .app_data(web::PayloadConfig::default().limit(64 * 1024))
+        .service(
+            web::resource("/api/v1/tokens")
+                .route(web::post().to(tokens_api::create))
+                .route(web::get().to(tokens_api::list))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/tokens/{id}")
+                .route(web::delete().to(tokens_api::revoke))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/releases")
+                .route(web::post().to(releases::publish))
+                .route(web::get().to(releases::list))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/releases/{name}/{version}")
+                .route(web::delete().to(releases::yank))
+                .default_service(web::to(error::method_not_allowed)),
+        )
         .service(
             web::resource("/healthz")
                 .route(web::get().to(health::healthz))

@@ -260,7 +260,7 @@ pub fn initial_state(
     })
 }
 
-fn new_snapshot(
+pub(super) fn new_snapshot(
     version: u64,
     mut meta: BTreeMap<String, MetaFile>,
     targets: &SignedFile<Targets>,
@@ -282,7 +282,7 @@ fn new_snapshot(
     )
 }
 
-fn new_timestamp(
+pub(super) fn new_timestamp(
     version: u64,
     snapshot: &SignedFile<Snapshot>,
     now: UtcTime,

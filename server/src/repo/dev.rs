@@ -32,7 +32,7 @@ with the passphrase in dev-passphrase, which lies right here: anyone who can rea
 directory can sign updates, and the root key (root.key) is online.
 
 For production, make the root keys offline with `otter-keys init` and set the server up with
-`otter-server init` (coming with issue 3).
+`otter-server init`.
 ";
 
 fn key_path(dir: &Path, role: &str) -> PathBuf {

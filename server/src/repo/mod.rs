@@ -9,7 +9,9 @@
 pub mod build;
 pub mod dev;
 pub mod names;
+pub mod production;
 mod records;
+pub mod release;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +70,15 @@ pub enum RepoError {
     /// A blocking task did not complete.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// The request conflicts with what exists (e.g. a version published before).
+    #[error("{0}")]
+    Conflict(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Production setup material is wrong or missing (keys, root, passphrase).
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl From<RandomError> for RepoError {
@@ -85,7 +96,14 @@ fn metadata_err(context: &'static str) -> impl FnOnce(MetadataError) -> RepoErro
 pub enum RepoMode {
     /// Made by the server on an empty data dir; every key, root included, is on the server.
     Development,
+    /// Set up with `otter-server init` from `otter-keys init` material: the root key is
+    /// offline; the server holds only the encrypted online keys.
+    Production,
 }
+
+/// Root metadata expiring within this many seconds is warned about: the server cannot
+/// re-sign a production root.
+pub const ROOT_EXPIRY_WARNING_SECS: i64 = 30 * 86_400;
 
 /// What a first start on an empty data dir created; shown once to the person starting it.
 #[derive(Debug)]
@@ -113,7 +131,7 @@ impl DevRepositoryCreated {
   Use it for development and tests only; never ship a device that trusts it.
 
   Production: create offline root keys with `otter-keys init`, then set the
-  server up with `otter-server init` (coming with issue 3).
+  server up with `otter-server init --root ROOT_JSON --keys-dir KEYS_DIR`.
 ################################################################################",
             root = self.root_key_id.short(),
             dir = self.keys_dir.display()
@@ -167,14 +185,31 @@ impl Repository {
         let lifetimes = Lifetimes::from(&config.repository);
         let keys_dir = config.keys_dir();
         let mode = db.call(|c| records::mode(c)).await?;
-        let (state, keys, created) = match mode.as_deref() {
+        let (state, keys, created, mode) = match mode.as_deref() {
             None => {
                 let (state, keys, created) = init_development(&db, keys_dir, &lifetimes).await?;
-                (state, keys, Some(created))
+                (state, keys, Some(created), RepoMode::Development)
             }
             Some("development") => {
-                let (state, keys) = load_development(&db, keys_dir).await?;
-                (state, keys, None)
+                let state = load_state(&db).await?;
+                let dir = keys_dir.clone();
+                let keys = blocking(move || dev::load_online_keys(&dir)).await?;
+                build::check_online_keys(state.root.signed(), &keys)
+                    .map_err(RepoError::Inconsistent)?;
+                (state, keys, None, RepoMode::Development)
+            }
+            Some("production") => {
+                let state = load_state(&db).await?;
+                let pass = production::passphrase(config)?;
+                let dir = keys_dir.clone();
+                let keys = blocking(move || production::load_online_keys(&dir, &pass)).await?;
+                build::check_online_keys(state.root.signed(), &keys).map_err(|e| {
+                    RepoError::Setup(format!(
+                        "{e}; the key files in {} do not belong to this repository",
+                        keys_dir.display()
+                    ))
+                })?;
+                (state, keys, None, RepoMode::Production)
             }
             Some(other) => {
                 return Err(RepoError::Unsupported(format!(
@@ -187,7 +222,7 @@ impl Repository {
             store,
             keys,
             lifetimes,
-            mode: RepoMode::Development,
+            mode,
             state: Mutex::new(state),
             store_behind: AtomicBool::new(true),
         };
@@ -209,6 +244,64 @@ impl Repository {
         versions_of(&*self.state.lock().await)
     }
 
+    /// A warning when the root expires within [`ROOT_EXPIRY_WARNING_SECS`] of `now`: only
+    /// the offline root keys can sign a new root (`otter-keys root rotate`).
+    pub async fn root_expiry_warning(&self, now: UtcTime) -> Option<String> {
+        let state = self.state.lock().await;
+        let expires = state.root.expires();
+        let left = expires.unix().saturating_sub(now.unix());
+        (left < ROOT_EXPIRY_WARNING_SECS).then(|| {
+            let when = if left <= 0 {
+                "has EXPIRED".to_string()
+            } else {
+                format!("expires in {} days ({expires})", left / 86_400)
+            };
+            format!(
+                "root metadata version {} {when}: sign a new root with the offline keys \
+                 (otter-keys root rotate) and publish it, or devices will stop updating",
+                state.root.version()
+            )
+        })
+    }
+
+    /// Commits `next` (and whatever `extra` writes in the same transaction) to the
+    /// database, then writes the changed files to the store, the timestamp last. When
+    /// `extra` returns `false` the transaction is rolled back and nothing changes (`None`).
+    async fn commit_and_publish<F>(
+        &self,
+        state: &mut RepoState,
+        next: RepoState,
+        changed: Vec<TopRole>,
+        now: UtcTime,
+        extra: F,
+    ) -> Result<Option<Versions>, RepoError>
+    where
+        F: FnOnce(&rusqlite::Transaction) -> Result<bool, DbError> + Send + 'static,
+    {
+        let new_records: Vec<FileRecord> = changed.iter().map(|r| next.record(*r)).collect();
+        let rows = new_records.clone();
+        let committed = self
+            .db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                if !extra(&tx)? {
+                    return Ok(false);
+                }
+                records::insert_versions(&tx, &rows, now.unix())?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .await?;
+        if !committed {
+            return Ok(None);
+        }
+        *state = next;
+        self.store_behind.store(true, Ordering::SeqCst);
+        self.publish(&new_records).await?;
+        self.store_behind.store(false, Ordering::SeqCst);
+        Ok(Some(versions_of(state)))
+    }
+
     /// Re-signs targets, snapshot and timestamp as they come due at `now` (less than half
     /// their lifetime left). Returns the new versions, or `None` when nothing was due.
     pub async fn refresh(&self, now: UtcTime) -> Result<Option<Versions>, RepoError> {
@@ -223,23 +316,10 @@ impl Repository {
         let (next, changed) = build::resign(&state, plan, &self.keys, now, &self.lifetimes)
             .map_err(metadata_err("re-signing metadata"))?;
         build::verify_state(&next).map_err(RepoError::Inconsistent)?;
-        let new_records: Vec<FileRecord> = changed.iter().map(|r| next.record(*r)).collect();
-        // 1. The database decides: from its commit on, these versions exist.
-        let rows = new_records.clone();
-        self.db
-            .call(move |c| {
-                let tx = c.transaction()?;
-                records::insert_versions(&tx, &rows, now.unix())?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
-        *state = next;
-        // 2. The store follows, the timestamp last.
-        self.store_behind.store(true, Ordering::SeqCst);
-        self.publish(&new_records).await?;
-        self.store_behind.store(false, Ordering::SeqCst);
-        Ok(Some(versions_of(&state)))
+        // The database decides (from its commit on, these versions exist); the store
+        // follows, the timestamp last.
+        self.commit_and_publish(&mut state, next, changed, now, |_| Ok(true))
+            .await
     }
 
     /// Writes new files in order: versioned files first, the timestamp that names them last.
@@ -340,10 +420,8 @@ async fn init_development(
     Ok((state, keys.online, created))
 }
 
-async fn load_development(
-    db: &Db,
-    keys_dir: PathBuf,
-) -> Result<(RepoState, OnlineKeys), RepoError> {
+/// Reads the latest version of each role back from the database and checks the state.
+async fn load_state(db: &Db) -> Result<RepoState, RepoError> {
     let rows = db
         .call(|c| {
             let mut out = Vec::new();
@@ -378,8 +456,5 @@ async fn load_development(
             .map_err(metadata_err("reading timestamp back from the database"))?,
     };
     build::verify_state(&state).map_err(RepoError::Inconsistent)?;
-    let dir = keys_dir.clone();
-    let keys = blocking(move || dev::load_online_keys(&dir)).await?;
-    build::check_online_keys(state.root.signed(), &keys).map_err(RepoError::Inconsistent)?;
-    Ok((state, keys))
+    Ok(state)
 }

@@ -75,3 +75,31 @@ pub fn all_roots(conn: &Connection) -> Result<Vec<(u64, Vec<u8>)>, DbError> {
     let rows = stmt.query_map([], version_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Every release, newest first.
+pub fn list_releases(conn: &Connection) -> Result<Vec<super::release::ReleaseInfo>, DbError> {
+    let mut stmt = conn.prepare(
+        "SELECT name, version, kind, target_name, length, sha256, channel, hardware,
+                published_at, targets_version, yanked_at
+         FROM releases ORDER BY id DESC",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let hardware: String = r.get(7)?;
+        let length: i64 = r.get(4)?;
+        let tv: i64 = r.get(9)?;
+        Ok(super::release::ReleaseInfo {
+            name: r.get(0)?,
+            version: r.get(1)?,
+            kind: r.get(2)?,
+            target: r.get(3)?,
+            length: u64::try_from(length).unwrap_or(0),
+            sha256: r.get(5)?,
+            channel: r.get(6)?,
+            hardware: serde_json::from_str(&hardware).unwrap_or_default(),
+            published_at: r.get(8)?,
+            targets_version: u64::try_from(tv).unwrap_or(0),
+            yanked_at: r.get(10)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

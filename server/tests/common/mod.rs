@@ -201,3 +201,132 @@ pub async fn fetch_and_verify(c: &reqwest::Client, srv: &Running) -> Chain {
         root_bytes,
     }
 }
+
+/// Sends a request with an optional bearer token; returns the status and the JSON body
+/// (`Null` when the body is not JSON).
+pub async fn api(
+    c: &reqwest::Client,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> (u16, serde_json::Value) {
+    let mut req = c.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Creates a token with `role` through the admin API; returns (id, token).
+pub async fn make_token(
+    c: &reqwest::Client,
+    srv: &Running,
+    admin: &str,
+    role: &str,
+) -> (i64, String) {
+    let body = serde_json::json!({"role": role, "label": format!("test {role}")});
+    let r = c
+        .post(srv.url("/api/v1/tokens"))
+        .bearer_auth(admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.unwrap();
+    (
+        v["id"].as_i64().unwrap(),
+        v["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A tar entry for hand-made (possibly hostile) bundles.
+pub struct TarEntry {
+    pub path: Vec<u8>,
+    pub kind: tar::EntryType,
+    pub data: Vec<u8>,
+    pub link: Option<Vec<u8>>,
+}
+
+impl TarEntry {
+    pub fn file(path: &str, data: &[u8]) -> TarEntry {
+        TarEntry {
+            path: path.as_bytes().to_vec(),
+            kind: tar::EntryType::Regular,
+            data: data.to_vec(),
+            link: None,
+        }
+    }
+}
+
+/// A tar with the entries exactly as given (names are written raw, unchecked), zstd'd.
+pub fn tar_zst(entries: &[TarEntry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        {
+            let name = &mut h.as_old_mut().name;
+            name[..e.path.len()].copy_from_slice(&e.path);
+        }
+        h.set_entry_type(e.kind);
+        h.set_size(e.data.len() as u64);
+        h.set_mode(0o644);
+        if let Some(l) = &e.link {
+            h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
+        }
+        h.set_cksum();
+        b.append(&h, &e.data[..]).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    zstd::encode_all(&tar[..], 3).unwrap()
+}
+
+/// The manifest of a bundle holding `files`.
+pub fn manifest_for(name: &str, version: &str, files: &[(&str, &[u8])]) -> serde_json::Value {
+    let payload: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(p, d)| {
+            serde_json::json!({"path": p, "size": d.len(), "sha256": otter_keys::hash::sha256_hex(d)})
+        })
+        .collect();
+    serde_json::json!({
+        "name": name, "kind": "firmware", "version": version,
+        "hardware": ["pos-a", "pos-b"], "payload": payload,
+        "health": ["/opt/selftest"]
+    })
+}
+
+/// A valid bundle: manifest.json and `files`.
+pub fn bundle(name: &str, version: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let m = serde_json::to_vec(&manifest_for(name, version, files)).unwrap();
+    let mut entries = vec![TarEntry::file("manifest.json", &m)];
+    entries.extend(files.iter().map(|(p, d)| TarEntry::file(p, d)));
+    tar_zst(&entries)
+}
+
+/// Publishes a bundle with `token`; returns status and body.
+pub async fn publish(
+    c: &reqwest::Client,
+    srv: &Running,
+    token: &str,
+    bytes: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    api(
+        c,
+        "POST",
+        &srv.url("/api/v1/releases"),
+        Some(token),
+        Some(bytes),
+    )
+    .await
+}

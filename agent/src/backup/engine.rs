@@ -1,0 +1,299 @@
+//! The backup run: snapshot, pages, chunks, packs, manifest.
+//!
+//! 1. Reconcile the local index with the store (a manifest stored by a run that was killed
+//!    before it could update the index is adopted, after checking the device's signature).
+//! 2. Snapshot the live database (one backup step), count rows, read the schema version.
+//! 3. Read the snapshot page by page: keyed BLAKE3 chunk id per page; pages whose chunk the
+//!    store already holds are referenced, new ones are zstd-compressed into packs of about
+//!    the configured size. Each pack is encrypted, stored, and recorded locally at once.
+//! 4. Seal the manifest body (page map, chunk locations, file hashes, row counts), sign the
+//!    header chained to the previous manifest, store it, and commit the local index.
+//!
+//! Packs are stored before the manifest that names them, and the manifest is one atomic put:
+//! a run killed at any point leaves no visible half-backup, and the next run reuses the packs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use otter_keys::envelope::{
+    ChunkLocation, EnvelopeError, ManifestBody, ManifestFields, ManifestHeader, PackBuilder,
+    PackId, PackRef, SignedManifest,
+};
+use otter_keys::time::UtcTime;
+use serde_json::Value;
+
+use super::index::{BackupState, IndexError, LocalIndex};
+use super::pages::{db_facts, FileHasher, PageCompressor, PageError, PageReader};
+use super::snapshot::{remove_leftovers, take_snapshot, SnapshotError};
+use super::store::{BackupStore, StoreError};
+use super::{BackupConfig, BackupKeys, CHUNK_KEY_EXTRA, MAX_MANIFEST_BYTES};
+
+/// Why a backup failed. Nothing visible is left in the store by a failed backup.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The snapshot could not be taken.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The snapshot could not be read, compressed or queried.
+    #[error(transparent)]
+    Pages(#[from] PageError),
+    /// The local backup state could not be read or written.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Sealing packs or the manifest failed, or a stored manifest does not verify.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The store and the local state disagree in a way that is not a resumable interruption.
+    #[error("backup store and local state disagree: {0}")]
+    Inconsistent(String),
+}
+
+/// What a backup did, with the figures for logs and benchmarks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupReport {
+    /// Sequence number of the new manifest.
+    pub sequence: u64,
+    /// Hex SHA-256 of its canonical header.
+    pub header_hash: String,
+    /// The database's page size.
+    pub page_size: u32,
+    /// Pages in the snapshot.
+    pub pages: u64,
+    /// Size of the snapshot in bytes.
+    pub database_bytes: u64,
+    /// Distinct chunks (pages) in the snapshot.
+    pub distinct_chunks: u64,
+    /// Chunks the store did not hold, shipped in this run.
+    pub new_chunks: u64,
+    /// Packs stored by this run.
+    pub new_packs: u64,
+    /// Pack bytes stored by this run (ciphertext).
+    pub pack_bytes: u64,
+    /// Size of the stored manifest.
+    pub manifest_bytes: u64,
+    /// Pending packs of an interrupted run that were reused.
+    pub resumed_packs: u64,
+    /// Time the snapshot took.
+    pub snapshot_time: Duration,
+    /// Time the whole run took.
+    pub total_time: Duration,
+}
+
+impl BackupReport {
+    /// Bytes sent to the store in all: packs and manifest.
+    pub fn shipped_bytes(&self) -> u64 {
+        self.pack_bytes + self.manifest_bytes
+    }
+}
+
+/// Takes one backup of the configured database into `store`.
+pub fn run_backup(
+    config: &BackupConfig,
+    keys: &BackupKeys<'_>,
+    store: &dyn BackupStore,
+) -> Result<BackupReport, BackupError> {
+    let started = Instant::now();
+    let state = BackupState::new(&config.state_dir, &config.device_id);
+    remove_leftovers(&state.tmp_dir());
+    let mut index = state.load()?;
+    let resumed_packs = index.pending_packs as u64;
+    let head = reconcile_head(config, keys, store, &index)?;
+    forget_missing_packs(store, &mut index)?;
+
+    let snapshot = take_snapshot(&config.database, &state.tmp_dir())?;
+    let facts = db_facts(snapshot.path())?;
+    let recipients = keys.recipients.to_vec();
+    let mut reader = PageReader::open(snapshot.path())?;
+    let page_size = reader.page_size();
+    let target = config.pack_target_size.max(1);
+
+    let mut hasher = FileHasher::new();
+    let mut compressor = PageCompressor::new()?;
+    let mut pages = Vec::with_capacity(usize::try_from(reader.page_count()).unwrap_or(0));
+    let mut builder = PackBuilder::with_capacity(target + page_size as usize * 2);
+    let mut report = BackupReport {
+        sequence: 0,
+        header_hash: String::new(),
+        page_size,
+        pages: reader.page_count(),
+        database_bytes: reader.page_count() * u64::from(page_size),
+        distinct_chunks: 0,
+        new_chunks: 0,
+        new_packs: 0,
+        pack_bytes: 0,
+        manifest_bytes: 0,
+        resumed_packs,
+        snapshot_time: snapshot.took(),
+        total_time: Duration::ZERO,
+    };
+    let mut page = Vec::with_capacity(page_size as usize);
+    let mut page_index = 0u64;
+    while reader.next_page(&mut page)? {
+        hasher.update(&page);
+        let id = keys.chunk_key.chunk_id(&page);
+        pages.push(id);
+        if !index.chunks.contains_key(&id) && !builder.contains(&id) {
+            let compressed = compressor.compress(page_index, &page)?;
+            builder.add(id, &compressed)?;
+            report.new_chunks += 1;
+            if builder.len() >= target {
+                let full = std::mem::replace(
+                    &mut builder,
+                    PackBuilder::with_capacity(target + page_size as usize * 2),
+                );
+                ship_pack(full, &recipients, store, &state, &mut index, &mut report)?;
+            }
+        }
+        page_index += 1;
+    }
+    if !builder.is_empty() {
+        ship_pack(builder, &recipients, store, &state, &mut index, &mut report)?;
+    }
+    drop(snapshot);
+
+    // The body: every distinct chunk's location, and the packs they lie in.
+    let mut chunks = BTreeMap::new();
+    let mut used_packs = BTreeSet::new();
+    for id in &pages {
+        if chunks.contains_key(id) {
+            continue;
+        }
+        let loc = *index.chunks.get(id).ok_or_else(|| {
+            BackupError::Inconsistent(format!("chunk {id} was neither stored nor shipped"))
+        })?;
+        used_packs.insert(loc.pack);
+        chunks.insert(*id, loc);
+    }
+    report.distinct_chunks = chunks.len() as u64;
+    let packs = used_packs
+        .iter()
+        .map(|id| {
+            index
+                .packs
+                .get(id)
+                .map(|&length| PackRef { id: *id, length })
+                .ok_or_else(|| BackupError::Inconsistent(format!("pack {id} has no known length")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (file_blake3, file_sha256, _) = hasher.finish();
+    let mut extra = BTreeMap::new();
+    extra.insert(
+        CHUNK_KEY_EXTRA.to_owned(),
+        Value::String(hex::encode(*keys.chunk_key.to_bytes_dangerous())),
+    );
+    let body = ManifestBody {
+        page_size,
+        page_count: pages.len() as u64,
+        pages,
+        chunks,
+        file_blake3,
+        file_sha256,
+        row_counts: facts.row_counts,
+        schema_version: facts.schema_version,
+        extra,
+    };
+
+    let now = UtcTime::now();
+    let fields = match &head {
+        None => ManifestFields::first(config.device_id.clone(), now, packs),
+        Some(prev) => ManifestFields::after(prev, now.max(prev.created), packs)?,
+    };
+    let signed = SignedManifest::seal(fields, &body, keys.signing, &recipients)?;
+    let bytes = signed.to_bytes()?;
+    store.put_manifest(&config.device_id, signed.header.sequence, &bytes)?;
+    state.commit(&signed.header, body.chunks)?;
+
+    report.sequence = signed.header.sequence;
+    report.header_hash = signed.header_hash()?;
+    report.manifest_bytes = bytes.len() as u64;
+    report.total_time = started.elapsed();
+    Ok(report)
+}
+
+/// Encrypts a full pack, stores it, and records it locally before anything else happens.
+fn ship_pack(
+    builder: PackBuilder,
+    recipients: &[otter_keys::age::x25519::Recipient],
+    store: &dyn BackupStore,
+    state: &BackupState,
+    index: &mut LocalIndex,
+    report: &mut BackupReport,
+) -> Result<(), BackupError> {
+    let sealed = builder.finish(recipients)?;
+    store.put_pack(&sealed.id, &sealed.ciphertext)?;
+    state.record_pack(sealed.pack_ref(), &sealed.entries)?;
+    index
+        .packs
+        .insert(sealed.id, sealed.ciphertext.len() as u64);
+    for (chunk, loc) in sealed.locations() {
+        index.chunks.entry(chunk).or_insert(loc);
+    }
+    report.new_packs += 1;
+    report.pack_bytes += sealed.ciphertext.len() as u64;
+    Ok(())
+}
+
+/// The header the next manifest follows. The store may be one manifest ahead of the index
+/// (a run killed between storing its manifest and committing the index): that manifest is
+/// adopted once the device's own signature on it verifies. A store behind the index has lost
+/// or hidden manifests: refused.
+fn reconcile_head(
+    config: &BackupConfig,
+    keys: &BackupKeys<'_>,
+    store: &dyn BackupStore,
+    index: &LocalIndex,
+) -> Result<Option<ManifestHeader>, BackupError> {
+    let local = index.head.as_ref().map_or(0, |h| h.sequence);
+    let stored = store
+        .list_manifests(&config.device_id)?
+        .last()
+        .copied()
+        .unwrap_or(0);
+    if stored < local {
+        return Err(BackupError::Inconsistent(format!(
+            "the store's newest manifest of device {:?} is #{stored}, but this agent already \
+             made #{local}; refusing to continue a chain the store has lost or hidden",
+            config.device_id
+        )));
+    }
+    if stored == local {
+        return Ok(index.head.clone());
+    }
+    let bytes = store.get_manifest(&config.device_id, stored, MAX_MANIFEST_BYTES)?;
+    let manifest = SignedManifest::from_bytes(&bytes, MAX_MANIFEST_BYTES as usize)?;
+    manifest.verify_signature(&keys.signing.public_key())?;
+    if manifest.header.device_id != config.device_id || manifest.header.sequence != stored {
+        return Err(BackupError::Inconsistent(format!(
+            "manifest stored as #{stored} of {:?} is #{} of {:?}",
+            config.device_id, manifest.header.sequence, manifest.header.device_id
+        )));
+    }
+    if local > 0 && stored == local + 1 {
+        manifest.header.check_follows(index.head.as_ref())?;
+    }
+    Ok(Some(manifest.header))
+}
+
+/// Drops from the index every pack the store no longer holds (and so its chunks), so that
+/// their pages are shipped again rather than referenced.
+fn forget_missing_packs(
+    store: &dyn BackupStore,
+    index: &mut LocalIndex,
+) -> Result<(), BackupError> {
+    let mut missing: BTreeSet<PackId> = BTreeSet::new();
+    for id in index.packs.keys() {
+        if !store.has_pack(id)? {
+            missing.insert(*id);
+        }
+    }
+    if !missing.is_empty() {
+        index.packs.retain(|id, _| !missing.contains(id));
+        index
+            .chunks
+            .retain(|_, loc: &mut ChunkLocation| !missing.contains(&loc.pack));
+    }
+    Ok(())
+}

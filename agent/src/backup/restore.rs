@@ -1,0 +1,509 @@
+//! Verified restore: fetch and check the device's manifest chain, open the chosen manifest,
+//! fetch and check every pack, rebuild the database in a temporary file next to the target,
+//! check it (pages, whole-file hashes, `PRAGMA integrity_check`, row counts), and only then
+//! replace the target atomically. If anything fails the target is not touched.
+//!
+//! The identity may be the terminal's own backup key or the fleet recovery key (restoring a
+//! dead terminal's backup onto its replacement): the page ids are checked with the chunk key
+//! carried in the encrypted body, or one the caller gives.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use otter_keys::age::x25519::Identity;
+use otter_keys::atomic::sync_dir;
+use otter_keys::crypto::PublicKey;
+use otter_keys::envelope::{
+    open_pack, ChunkId, ChunkKey, EnvelopeError, ManifestBody, ManifestHeader, SignedManifest,
+};
+use otter_keys::time::UtcTime;
+use rusqlite::Connection;
+
+use super::pages::{db_facts, integrity_problems, FileHasher, PageDecompressor, PageError};
+use super::snapshot::remove_with_sidecars;
+use super::store::{BackupStore, StoreError};
+use super::{CHUNK_KEY_EXTRA, MAX_MANIFEST_BYTES};
+
+/// Largest manifest body plaintext accepted.
+const MAX_BODY_BYTES: usize = 512 * 1024 * 1024;
+
+/// Why a restore was refused or failed. Unless the variant is [`RestoreError::Replace`], the
+/// target database was not touched.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The store failed or lacks an object.
+    #[error("restore refused: {0}; the live database was not touched")]
+    Store(#[from] StoreError),
+    /// A manifest or pack does not verify (signature, hash, decryption, format).
+    #[error("restore refused: {0}; the live database was not touched")]
+    Envelope(#[from] EnvelopeError),
+    /// The device's manifests do not form an unbroken chain.
+    #[error(
+        "restore refused: the manifest chain of device {device:?} is broken: {reason}; \
+         the live database was not touched"
+    )]
+    Chain {
+        /// The device.
+        device: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store holds no manifest for the device.
+    #[error("no backup of device {device:?} is in the store; the live database was not touched")]
+    NoBackups {
+        /// The device.
+        device: String,
+    },
+    /// No manifest matches the selector.
+    #[error(
+        "no backup of device {device:?} matches {selector}; the live database was not touched"
+    )]
+    NoMatch {
+        /// The device.
+        device: String,
+        /// The selector, described.
+        selector: String,
+    },
+    /// A page, the rebuilt file or the database checks failed.
+    #[error("restore refused: the rebuilt database fails verification: {0}; the live database was not touched")]
+    Verify(String),
+    /// Reading, decompressing or querying the rebuilt file failed.
+    #[error("restore refused: {0}; the live database was not touched")]
+    Pages(#[from] PageError),
+    /// Writing the temporary file failed.
+    #[error("restore failed: {what} {path}: {source}; the live database was not touched")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The final replace of the target failed.
+    #[error(
+        "restore of {path} failed while replacing it: {reason} (the rename is atomic: the \
+         file is either the old database or the restored one)"
+    )]
+    Replace {
+        /// The target.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Which backup to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selector {
+    /// The newest.
+    Latest,
+    /// The one with this sequence number.
+    Sequence(u64),
+    /// The newest taken at or before this time.
+    AtOrBefore(UtcTime),
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Selector::Latest => f.write_str("the latest"),
+            Selector::Sequence(n) => write!(f, "sequence #{n}"),
+            Selector::AtOrBefore(t) => write!(f, "a time at or before {t}"),
+        }
+    }
+}
+
+/// Restore policy.
+#[derive(Debug, Default)]
+pub struct RestoreOptions {
+    /// Accept a chain whose oldest stored manifest is not #1 (older ones pruned by
+    /// retention). Without it, a missing first manifest is refused.
+    pub allow_pruned_prefix: bool,
+    /// A manifest the caller knows exists (sequence and header hash, e.g. from the agent's
+    /// local index): the chain must contain it, so a store cannot hide newer backups or
+    /// present a forked history.
+    pub known_head: Option<(u64, String)>,
+    /// The chunk key to check page ids with; by default the one in the manifest body.
+    pub chunk_key: Option<ChunkKey>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Sequence of the restored manifest.
+    pub sequence: u64,
+    /// When that backup was taken.
+    pub created: UtcTime,
+    /// Hex SHA-256 of its header.
+    pub header_hash: String,
+    /// Pages written.
+    pub pages: u64,
+    /// Bytes of the restored database.
+    pub database_bytes: u64,
+    /// Packs fetched and verified.
+    pub packs: u64,
+    /// Pack bytes fetched.
+    pub pack_bytes: u64,
+    /// Manifests whose signature and chain link were checked.
+    pub manifests_checked: u64,
+    /// Time the whole restore took.
+    pub took: Duration,
+}
+
+/// The checked chain, and the manifest chosen from it.
+#[derive(Debug)]
+pub struct VerifiedChain {
+    /// Every stored header, oldest first, each signed by the device and following the one
+    /// before.
+    pub headers: Vec<ManifestHeader>,
+    /// The manifest the selector chose.
+    pub selected: SignedManifest,
+}
+
+/// Fetches every stored manifest of `device_id`, checks each signature with the device's
+/// public key and each link of the chain, and picks the one `selector` names.
+pub fn verify_chain(
+    store: &dyn BackupStore,
+    device_id: &str,
+    device_public: &PublicKey,
+    selector: Selector,
+    options: &RestoreOptions,
+) -> Result<VerifiedChain, RestoreError> {
+    let broken = |reason: String| RestoreError::Chain {
+        device: device_id.to_owned(),
+        reason,
+    };
+    let seqs = store.list_manifests(device_id)?;
+    let Some(&first) = seqs.first() else {
+        return Err(RestoreError::NoBackups {
+            device: device_id.to_owned(),
+        });
+    };
+    if first != 1 && !options.allow_pruned_prefix {
+        return Err(broken(format!(
+            "its oldest stored manifest is #{first}: #1 to #{} are missing or were deleted",
+            first - 1
+        )));
+    }
+    let mut headers: Vec<ManifestHeader> = Vec::with_capacity(seqs.len());
+    let mut selected = None;
+    for &seq in &seqs {
+        let bytes = store.get_manifest(device_id, seq, MAX_MANIFEST_BYTES)?;
+        let m = SignedManifest::from_bytes(&bytes, MAX_MANIFEST_BYTES as usize)?;
+        if m.header.device_id != device_id || m.header.sequence != seq {
+            return Err(broken(format!(
+                "the manifest stored as #{seq} is #{} of device {:?} (moved or replayed)",
+                m.header.sequence,
+                m.header.device_id.chars().take(64).collect::<String>()
+            )));
+        }
+        m.verify_signature(device_public)?;
+        match headers.last() {
+            Some(prev) => m.header.check_follows(Some(prev))?,
+            None if seq == 1 => m.header.check_follows(None)?,
+            None => {} // pruned prefix, accepted by the caller
+        }
+        let chosen = match selector {
+            Selector::Latest => true,
+            Selector::Sequence(n) => n == seq,
+            Selector::AtOrBefore(t) => m.header.created <= t,
+        };
+        headers.push(m.header.clone());
+        if chosen {
+            selected = Some(m);
+        }
+    }
+    if let Some((seq, hash)) = &options.known_head {
+        let found = headers.iter().find(|h| h.sequence == *seq);
+        match found {
+            None => {
+                return Err(broken(format!(
+                    "manifest #{seq}, which this terminal made, is not in the store \
+                     (rolled back or hidden)"
+                )))
+            }
+            Some(h) if &h.hash()? != hash => {
+                return Err(broken(format!(
+                    "manifest #{seq} in the store is not the one this terminal made (a fork)"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let selected = selected.ok_or_else(|| RestoreError::NoMatch {
+        device: device_id.to_owned(),
+        selector: selector.to_string(),
+    })?;
+    Ok(VerifiedChain { headers, selected })
+}
+
+/// Restores a backup of `device_id` over `target` (see the module documentation).
+pub fn restore(
+    store: &dyn BackupStore,
+    device_id: &str,
+    device_public: &PublicKey,
+    identity: &Identity,
+    selector: Selector,
+    target: &Path,
+    options: &RestoreOptions,
+) -> Result<RestoreReport, RestoreError> {
+    let started = Instant::now();
+    let chain = verify_chain(store, device_id, device_public, selector, options)?;
+    let manifest = &chain.selected;
+    let body = manifest.open_body(identity, MAX_BODY_BYTES)?;
+    let from_body;
+    let chunk_key = match &options.chunk_key {
+        Some(k) => k,
+        None => {
+            from_body = chunk_key_of(&body)?;
+            &from_body
+        }
+    };
+
+    let temp = TempFile::create(target)?;
+    let (packs, pack_bytes) = rebuild(store, identity, manifest, &body, chunk_key, &temp)?;
+    check_rebuilt(&temp.path, &body)?;
+    replace(&temp, target)?;
+    Ok(RestoreReport {
+        sequence: manifest.header.sequence,
+        created: manifest.header.created,
+        header_hash: manifest.header_hash()?,
+        pages: body.page_count,
+        database_bytes: body.page_count * u64::from(body.page_size),
+        packs,
+        pack_bytes,
+        manifests_checked: chain.headers.len() as u64,
+        took: started.elapsed(),
+    })
+}
+
+fn chunk_key_of(body: &ManifestBody) -> Result<ChunkKey, RestoreError> {
+    let hex_key = body
+        .extra
+        .get(CHUNK_KEY_EXTRA)
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| {
+            RestoreError::Verify(
+                "the manifest body carries no chunk key; pass the terminal's chunk key".into(),
+            )
+        })?;
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(hex_key, &mut key[..])
+        .map_err(|_| RestoreError::Verify("the manifest body's chunk key is malformed".into()))?;
+    Ok(ChunkKey::from_bytes(&key))
+}
+
+/// Writes every page into `temp`, pack by pack: each pack's hash is checked before it is
+/// decrypted, each page is decompressed under a one-page cap and its keyed id checked.
+fn rebuild(
+    store: &dyn BackupStore,
+    identity: &Identity,
+    manifest: &SignedManifest,
+    body: &ManifestBody,
+    chunk_key: &ChunkKey,
+    temp: &TempFile,
+) -> Result<(u64, u64), RestoreError> {
+    let page_size = u64::from(body.page_size);
+    temp.file
+        .set_len(body.page_count * page_size)
+        .map_err(temp.io("cannot size"))?;
+    // Chunk -> the pages holding it; pack -> its chunks.
+    let mut pages_of: BTreeMap<ChunkId, Vec<u64>> = BTreeMap::new();
+    for (i, chunk) in body.pages.iter().enumerate() {
+        pages_of.entry(*chunk).or_default().push(i as u64);
+    }
+    let mut decompressor = PageDecompressor::new(body.page_size)?;
+    let (mut packs, mut pack_bytes) = (0u64, 0u64);
+    let mut written = 0u64;
+    for pack in &manifest.header.packs {
+        let chunks: Vec<_> = body
+            .chunks
+            .iter()
+            .filter(|(c, loc)| loc.pack == pack.id && pages_of.contains_key(c))
+            .collect();
+        if chunks.is_empty() {
+            continue;
+        }
+        let ciphertext = store.get_pack(&pack.id, pack.length)?;
+        pack.check(&ciphertext)?;
+        let open = open_pack(identity, &ciphertext, &pack.id, ciphertext.len())?;
+        packs += 1;
+        pack_bytes += ciphertext.len() as u64;
+        for (chunk, loc) in chunks {
+            let indices = pages_of.get(chunk).map(Vec::as_slice).unwrap_or(&[]);
+            let first = indices.first().copied().unwrap_or(0);
+            let page = decompressor.decompress(first, open.at(loc)?)?;
+            if &chunk_key.chunk_id(&page) != chunk {
+                return Err(RestoreError::Verify(format!(
+                    "page {first} does not match its chunk id {chunk} (swapped or damaged chunk)"
+                )));
+            }
+            for &i in indices {
+                temp.file
+                    .write_all_at(&page, i * page_size)
+                    .map_err(temp.io("cannot write"))?;
+                written += 1;
+            }
+        }
+    }
+    if written != body.page_count {
+        return Err(RestoreError::Verify(format!(
+            "{written} of {} pages could be written",
+            body.page_count
+        )));
+    }
+    temp.file.sync_all().map_err(temp.io("cannot fsync"))?;
+    Ok((packs, pack_bytes))
+}
+
+/// The database checks, then the whole-file hashes (last, so they cover the file exactly as
+/// it will be renamed into place).
+fn check_rebuilt(path: &Path, body: &ManifestBody) -> Result<(), RestoreError> {
+    let checked = (|| {
+        if let Some(problems) = integrity_problems(path)? {
+            return Err(RestoreError::Verify(format!(
+                "PRAGMA integrity_check: {problems}"
+            )));
+        }
+        let facts = db_facts(path)?;
+        if facts.row_counts != body.row_counts {
+            return Err(RestoreError::Verify(format!(
+                "row counts {:?} differ from the backup's {:?}",
+                facts.row_counts, body.row_counts
+            )));
+        }
+        if facts.schema_version != body.schema_version {
+            return Err(RestoreError::Verify(format!(
+                "schema version {} differs from the backup's {}",
+                facts.schema_version, body.schema_version
+            )));
+        }
+        Ok(())
+    })();
+    remove_sidecars(path);
+    checked?;
+    let (blake3, sha256, len) = FileHasher::of_file(path)?;
+    let expected_len = body.page_count * u64::from(body.page_size);
+    if len != expected_len || blake3 != body.file_blake3 || sha256 != body.file_sha256 {
+        return Err(RestoreError::Verify(format!(
+            "whole-file hashes or length differ from the backup's (BLAKE3 {blake3}, \
+             {len} bytes; expected {}, {expected_len} bytes)",
+            body.file_blake3
+        )));
+    }
+    Ok(())
+}
+
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+fn remove_sidecars(path: &Path) {
+    for s in ["-journal", "-wal", "-shm"] {
+        let _ = fs::remove_file(sidecar(path, s));
+    }
+}
+
+/// Replaces `target` with the checked file. A write-ahead log of the old database is first
+/// checkpointed into it (so the old file stays whole on its own, and no stale log is ever
+/// applied to the restored file); then one rename, and an fsync of the directory.
+fn replace(temp: &TempFile, target: &Path) -> Result<(), RestoreError> {
+    let fail = |reason: String| RestoreError::Replace {
+        path: target.to_path_buf(),
+        reason,
+    };
+    let wal = sidecar(target, "-wal");
+    if wal.exists() {
+        let conn = Connection::open(target).map_err(|e| {
+            fail(format!(
+                "cannot open the old database to checkpoint it: {e}"
+            ))
+        })?;
+        let busy: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(|e| fail(format!("cannot checkpoint the old database: {e}")))?;
+        drop(conn);
+        if busy != 0 {
+            return Err(fail(
+                "the old database is in use (checkpoint busy): stop the application first".into(),
+            ));
+        }
+        if fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            return Err(fail(
+                "the old database's -wal file is still not empty: stop the application first"
+                    .into(),
+            ));
+        }
+    }
+    fs::rename(&temp.path, target).map_err(|e| fail(format!("rename failed: {e}")))?;
+    let dir = parent_dir(target);
+    sync_dir(dir).map_err(|e| fail(format!("fsync of {} failed: {e}", dir.display())))?;
+    let _ = fs::remove_file(&wal);
+    let _ = fs::remove_file(sidecar(target, "-shm"));
+    sync_dir(dir).map_err(|e| fail(format!("fsync of {} failed: {e}", dir.display())))?;
+    Ok(())
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// The file a restore is rebuilt in: beside the target (same file system, so the final
+/// rename is atomic), removed on drop unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl TempFile {
+    fn create(target: &Path) -> Result<Self, RestoreError> {
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "database".into());
+        let path = parent_dir(target).join(format!(
+            ".{name}.restore-{}-{}",
+            std::process::id(),
+            UtcTime::now().unix()
+        ));
+        let mode = fs::metadata(target).map_or(0o600, |m| m.permissions().mode() & 0o777);
+        let _ = fs::remove_file(&path);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(|source| RestoreError::Io {
+                what: "cannot create",
+                path: path.clone(),
+                source,
+            })?;
+        Ok(TempFile { path, file })
+    }
+
+    fn io(&self, what: &'static str) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+        move |source| RestoreError::Io {
+            what,
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        // After a successful rename this path no longer exists; the sidecars never do.
+        remove_with_sidecars(&self.path);
+    }
+}

@@ -1,0 +1,126 @@
+//! Every API endpoint against every role, anonymous access, a malformed, an unknown and a
+//! revoked token: exactly the roles the route's policy names get past authorization; the
+//! others get 401 (`missing_token`, `invalid_token`) or 403 (`forbidden`), in JSON.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{api, client, config, make_token, run, start};
+use otter_server::http::API_ROUTES;
+use otter_server::tokens::TokenRole;
+
+/// A request that passes authorization for an admitted role (whatever the handler then
+/// answers) for each route, by method and pattern.
+fn concrete(method: &str, pattern: &str) -> (String, Option<Vec<u8>>) {
+    let body = match (method, pattern) {
+        ("POST", "/api/v1/tokens") => Some(br#"{"role":"auditor","label":"matrix"}"#.to_vec()),
+        ("POST", "/api/v1/releases") => Some(b"not a bundle".to_vec()),
+        _ => None,
+    };
+    let path = pattern
+        .replace("{id}", "999999")
+        .replace("{name}", "nothing")
+        .replace("{version}", "1.0.0");
+    (path, body)
+}
+
+#[test]
+fn each_route_admits_exactly_its_roles() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (srv, admin) = start(config(dir.path())).await;
+        let admin = admin.unwrap();
+        let c = client();
+        let mut tokens = Vec::new();
+        for role in TokenRole::ALL {
+            let (_, t) = make_token(&c, &srv, &admin, role.as_str()).await;
+            tokens.push((role, t));
+        }
+        let (revoked_id, revoked) = make_token(&c, &srv, &admin, "admin").await;
+        let (s, _) = api(
+            &c,
+            "DELETE",
+            &srv.url(&format!("/api/v1/tokens/{revoked_id}")),
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+
+        assert!(!API_ROUTES.is_empty());
+        for (method, pattern, admitted) in API_ROUTES {
+            let (path, body) = concrete(method, pattern);
+            let url = srv.url(&path);
+            let what = format!("{method} {pattern}");
+
+            // Anonymous, malformed, unknown and revoked tokens: 401 with a stable code.
+            let r = c
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    &url,
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401, "{what} anonymous");
+            assert!(r.headers().contains_key("www-authenticate"), "{what}");
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "missing_token", "{what}");
+            for (bad, code) in [
+                ("not-a-token", "invalid_token"),
+                (&"0".repeat(64)[..], "invalid_token"),
+                (&revoked[..], "invalid_token"),
+            ] {
+                let (s, v) = api(&c, method, &url, Some(bad), body.clone()).await;
+                assert_eq!(
+                    (s, v["error"]["code"].as_str()),
+                    (401, Some(code)),
+                    "{what} with {bad:.8}"
+                );
+            }
+            let r = c
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    &url,
+                )
+                .header("Authorization", format!("Basic {admin}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401, "{what} with a Basic scheme");
+
+            for (role, token) in &tokens {
+                let (s, v) = api(&c, method, &url, Some(token), body.clone()).await;
+                if admitted.contains(role) {
+                    assert!(
+                        s != 401 && s != 403,
+                        "{what}: role {role} must be admitted, got {s} {v}"
+                    );
+                    assert!(s < 500, "{what}: role {role} got {s} {v}");
+                } else {
+                    assert_eq!(s, 403, "{what}: role {role} must be refused, got {v}");
+                    assert_eq!(v["error"]["code"], "forbidden", "{what}");
+                    assert!(v["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains(role.as_str()));
+                }
+            }
+        }
+        // Admin is admitted everywhere; restorer nowhere yet (backups come later).
+        for (_, _, admitted) in API_ROUTES {
+            assert!(admitted.contains(&TokenRole::Admin));
+            assert!(!admitted.contains(&TokenRole::Restorer));
+        }
+        // Repository files and health stay public.
+        for path in [
+            "/repo/metadata/1.root.json",
+            "/repo/metadata/timestamp.json",
+            "/healthz",
+        ] {
+            let (s, _) = api(&c, "GET", &srv.url(path), None, None).await;
+            assert_eq!(s, 200, "{path}");
+        }
+        srv.stop().await;
+    });
+}
