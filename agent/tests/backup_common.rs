@@ -18,9 +18,20 @@ use sha2::{Digest, Sha256};
 /// Rows in the test databases: small, for speed.
 pub const ROWS: u32 = 20_000;
 
-/// The reference database tool.
+/// The reference database tool: `OTTER_POS_DB`, or `shared/tools/pos_db.py` beside the
+/// repository (where CI and the development machines have it).
 pub fn pos_db() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/pos_db.py")
+    let path = std::env::var_os("OTTER_POS_DB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/pos_db.py")
+        });
+    assert!(
+        path.exists(),
+        "the reference database tool is missing at {}: set OTTER_POS_DB to pos_db.py",
+        path.display()
+    );
+    path
 }
 
 /// Runs `pos_db.py ARGS...` and insists it succeeds.
