@@ -9,15 +9,18 @@
 //! - [`PackBuilder`], [`SealedPack`], [`open_pack`]: many chunks in one age file, named by
 //!   the SHA-256 of its ciphertext ([`PackId`]).
 //! - [`ManifestHeader`], [`ManifestBody`], [`SignedManifest`]: the plaintext signed header
-//!   (chain, packs, body hash) and the encrypted body (page map, file hashes, row counts).
+//!   (chain, packs, body hash) and the encrypted body (page map, file hashes, row counts),
+//!   stored compactly (see `body_codec`).
 //! - [`Countersignature`]: the server's receipt for a manifest it checked.
 
+mod body_codec;
 mod crypt;
 mod ids;
 mod manifest;
 mod pack;
 mod signed;
 
+pub use body_codec::BODY_MAGIC;
 pub use crypt::{decrypt, encrypt, reencrypt};
 pub use ids::{ChunkId, ChunkKey, PackId};
 pub use manifest::{ChunkLocation, ManifestBody, ManifestFields, ManifestHeader};

@@ -86,12 +86,7 @@ impl SignedManifest {
         recipients: &[Recipient],
     ) -> Result<Self, EnvelopeError> {
         body.validate(&fields.packs)?;
-        let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(body).map_err(|e| {
-            EnvelopeError::Malformed {
-                what: "manifest body",
-                reason: e.to_string(),
-            }
-        })?);
+        let plaintext = zeroize::Zeroizing::new(super::body_codec::encode(body)?);
         let body_ciphertext = encrypt_as("manifest body", recipients, &plaintext)?;
         let header = ManifestHeader {
             format: MANIFEST_FORMAT,
@@ -209,15 +204,7 @@ impl SignedManifest {
             &self.body_ciphertext,
             max_plaintext,
         )?;
-        let value = parse_strict(&plain, max_plaintext).map_err(|e| EnvelopeError::Malformed {
-            what: "manifest body",
-            reason: e.to_string(),
-        })?;
-        let body: ManifestBody =
-            serde_json::from_value(value).map_err(|e| EnvelopeError::Malformed {
-                what: "manifest body",
-                reason: clip(&e.to_string(), 200),
-            })?;
+        let body = super::body_codec::decode(&plain, max_plaintext)?;
         body.validate(&self.header.packs)?;
         Ok(body)
     }
