@@ -33,6 +33,10 @@ pub struct ManifestHeader {
     pub body_sha256: String,
     /// Length of the encrypted body in bytes.
     pub body_length: u64,
+    /// Hex SHA-256 of the body's plaintext: the body stays authentic when the fleet's
+    /// recovery key re-encrypts it for a replacement terminal. (The body holds the secret
+    /// chunk key, so this hash reveals nothing.)
+    pub body_plaintext_sha256: String,
 }
 
 impl ManifestHeader {
@@ -103,6 +107,11 @@ impl ManifestHeader {
         }
         if self.body_length == 0 {
             return Err(invalid("the body is empty".into()));
+        }
+        if !is_hex32(&self.body_plaintext_sha256) {
+            return Err(invalid(
+                "body_plaintext_sha256 is not 64 lower-case hex digits".into(),
+            ));
         }
         let mut seen = HashSet::new();
         for p in &self.packs {
@@ -333,6 +342,7 @@ mod tests {
             }],
             body_sha256: "00".repeat(32),
             body_length: 10,
+            body_plaintext_sha256: "11".repeat(32),
         }
     }
 
@@ -364,7 +374,7 @@ mod tests {
         let bytes = header().canonical_bytes().unwrap();
         let text = String::from_utf8(bytes).unwrap();
         assert!(
-            text.starts_with(r#"{"body_length":10,"body_sha256":""#),
+            text.starts_with(r#"{"body_length":10,"body_plaintext_sha256":"1111"#),
             "{text}"
         );
         assert!(
@@ -391,6 +401,9 @@ mod tests {
             }),
             ("body_sha256", |h| h.body_sha256 = "0".into()),
             ("empty", |h| h.body_length = 0),
+            ("body_plaintext_sha256", |h| {
+                h.body_plaintext_sha256 = "1".into()
+            }),
             ("twice", |h| h.packs.push(h.packs[0])),
             ("length 0", |h| h.packs[0].length = 0),
         ];

@@ -97,6 +97,7 @@ impl SignedManifest {
             packs: fields.packs,
             body_sha256: sha256_hex(&body_ciphertext),
             body_length: body_ciphertext.len() as u64,
+            body_plaintext_sha256: sha256_hex(&plaintext),
         };
         header.check()?;
         let signature = device_key.sign(&manifest_signing_message(&header.canonical_bytes()?));
@@ -198,15 +199,57 @@ impl SignedManifest {
         max_plaintext: usize,
     ) -> Result<ManifestBody, EnvelopeError> {
         self.check_body_ciphertext()?;
-        let plain = decrypt_as(
-            "manifest body",
-            identity,
-            &self.body_ciphertext,
-            max_plaintext,
-        )?;
+        self.open_body_ciphertext(identity, &self.body_ciphertext, max_plaintext)
+    }
+
+    /// Opens a body that was re-encrypted for another identity (a replacement terminal):
+    /// its ciphertext differs from the signed one, so it is trusted through the signed
+    /// hash of its plaintext instead. Check the signature first, as for [`Self::open_body`].
+    pub fn open_body_ciphertext(
+        &self,
+        identity: &Identity,
+        body_ciphertext: &[u8],
+        max_plaintext: usize,
+    ) -> Result<ManifestBody, EnvelopeError> {
+        let plain = self.decrypt_body_plaintext(identity, body_ciphertext, max_plaintext)?;
         let body = super::body_codec::decode(&plain, max_plaintext)?;
         body.validate(&self.header.packs)?;
         Ok(body)
+    }
+
+    /// Decrypts a body and checks its plaintext against the signed hash.
+    fn decrypt_body_plaintext(
+        &self,
+        identity: &Identity,
+        body_ciphertext: &[u8],
+        max_plaintext: usize,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, EnvelopeError> {
+        let plain = decrypt_as("manifest body", identity, body_ciphertext, max_plaintext)?;
+        let found = sha256_hex(&plain);
+        if found != self.header.body_plaintext_sha256 {
+            return Err(EnvelopeError::HashMismatch {
+                what: format!("{} body plaintext", self.header.label()),
+                expected: self.header.body_plaintext_sha256.clone(),
+                found,
+            });
+        }
+        Ok(plain)
+    }
+
+    /// Re-encrypts the body for `recipients` (the replacement-terminal flow, run with the
+    /// fleet recovery identity): decrypts, checks the plaintext against the signed hash,
+    /// encrypts again. The header and its signature stay as they are.
+    pub fn reencrypt_body(
+        &self,
+        identity: &Identity,
+        recipients: &[Recipient],
+        max_plaintext: usize,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        self.check_body_ciphertext()?;
+        let plain = self.decrypt_body_plaintext(identity, &self.body_ciphertext, max_plaintext)?;
+        // Only a body that parses and fits the header is passed on.
+        super::body_codec::decode(&plain, max_plaintext)?.validate(&self.header.packs)?;
+        encrypt_as("manifest body", recipients, &plain)
     }
 
     /// The server's countersignature: it checked this manifest and holds it.

@@ -378,3 +378,34 @@ fn header_rules_are_checked_on_receipt() {
     let err = m.verify_received(&f.device.public_key(), None).unwrap_err();
     assert!(matches!(err, EnvelopeError::Invalid { .. }), "{err}");
 }
+
+#[test]
+fn a_reencrypted_body_opens_for_the_new_identity_and_stays_authentic() {
+    let f = fixture();
+    let m = f.first();
+    let replacement = Identity::generate();
+    let ct = m
+        .reencrypt_body(&f.identity, &[replacement.to_public()], MAX)
+        .unwrap();
+    // The signed header is untouched and still verifies; the new body opens for the
+    // replacement terminal and equals the original.
+    m.verify_signature(&f.device.public_key()).unwrap();
+    assert_eq!(
+        m.open_body_ciphertext(&replacement, &ct, MAX).unwrap(),
+        f.body
+    );
+    // The old identity cannot open the re-encrypted copy.
+    assert!(matches!(
+        m.open_body_ciphertext(&f.identity, &ct, MAX),
+        Err(EnvelopeError::Decrypt { .. })
+    ));
+    // Whoever re-encrypts cannot swap in another body: its plaintext hash is signed.
+    let mut other = f.body.clone();
+    other.row_counts.insert("sales".into(), 6);
+    let forged =
+        crate::envelope::encrypt(&[replacement.to_public()], &other.to_bytes().unwrap()).unwrap();
+    assert!(matches!(
+        m.open_body_ciphertext(&replacement, &forged, MAX),
+        Err(EnvelopeError::HashMismatch { .. })
+    ));
+}
