@@ -4,9 +4,12 @@
 //!   update sequence over any mirror, delegation search, verified target downloads.
 //! - [`backup`]: backups of the terminal's SQLite database (one-step snapshot, page chunks,
 //!   encrypted packs, signed manifest chain) and verified, atomic restores.
+//! - [`device`]: enrollment (identity key, backup identity, chunk key, pinned root) and
+//!   signed requests to the server's device API.
 //!
-//! Still to come (see the agent issue): enrollment, update selection, atomic apply with
+//! Still to come (see the agent issue): update selection, atomic apply with
 //! health check and rollback, the daemon, backups and restores.
 
 pub mod backup;
+pub mod device;
 pub mod tuf;

@@ -1,5 +1,6 @@
-//! `otter-agent`: the terminal agent. For now its `tuf` subcommand: a standalone TUF client
-//! that checks any TUF repository or mirror with the agent's own client code.
+//! `otter-agent`: the terminal agent. `enroll` registers the terminal with a server,
+//! `report` sends it a signed report, and `tuf` is a standalone TUF client that checks any
+//! TUF repository or mirror with the agent's own client code.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use otter_agent::device::EnrollOptions;
 use otter_agent::tuf::{init_metadata_dir, HttpFetcher, Updater, UpdaterConfig};
 use otter_keys::time::UtcTime;
 
@@ -20,9 +22,102 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Enroll this terminal: create its keys, pin the trusted root shipped with the image,
+    /// and register with the server using a single-use enrollment token.
+    Enroll(EnrollArgs),
+    /// Send a signed report (installed versions, health, security events) to the server.
+    Report(ReportArgs),
     /// A standalone TUF client (the agent's own client code) for any TUF repository or
     /// mirror; follows the client CLI of the TUF conformance suite.
     Tuf(TufArgs),
+}
+
+/// Options of `otter-agent enroll`.
+#[derive(clap::Args)]
+struct EnrollArgs {
+    /// The server's base URL, e.g. https://otter.example.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The enrollment token (prefer --token-file or OTTER_ENROLL_TOKEN: command lines are
+    /// visible to other users).
+    #[arg(
+        long,
+        env = "OTTER_ENROLL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// File whose first line is the enrollment token.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The trusted root metadata shipped with the terminal image (never from the network).
+    #[arg(long, value_name = "FILE")]
+    trusted_root: PathBuf,
+    /// The agent's state dir (created 0700 if missing).
+    #[arg(long, env = "OTTER_STATE_DIR", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// The terminal's hardware model.
+    #[arg(
+        long,
+        env = "OTTER_HARDWARE_MODEL",
+        default_value = "generic",
+        value_name = "MODEL"
+    )]
+    model: String,
+}
+
+/// Options of `otter-agent report`.
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The agent's state dir (enrolled with `otter-agent enroll`).
+    #[arg(long, env = "OTTER_STATE_DIR", value_name = "DIR")]
+    state_dir: PathBuf,
+}
+
+fn enroll(a: EnrollArgs) -> Result<()> {
+    let token = match (a.token, &a.token_file) {
+        (Some(t), _) => zeroize::Zeroizing::new(t),
+        (None, Some(path)) => {
+            let raw = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the token file {}", path.display()))?,
+            );
+            zeroize::Zeroizing::new(raw.lines().next().unwrap_or("").trim().to_owned())
+        }
+        (None, None) => anyhow::bail!(
+            "give the enrollment token with --token, --token-file or OTTER_ENROLL_TOKEN"
+        ),
+    };
+    let opts = EnrollOptions {
+        server_url: a.server,
+        token,
+        trusted_root: a.trusted_root,
+        state_dir: a.state_dir,
+        hardware_model: a.model,
+    };
+    let state = otter_agent::device::enroll(&opts, UtcTime::now())?;
+    println!("enrolled as device {}", state.device_id);
+    eprintln!(
+        "model {}, group {}, repository {}; state in {}",
+        state.hardware_model,
+        state.group.as_deref().unwrap_or("none"),
+        state.metadata_url,
+        opts.state_dir.display()
+    );
+    Ok(())
+}
+
+fn report(a: ReportArgs) -> Result<()> {
+    let answer = otter_agent::device::send_report(
+        &a.state_dir,
+        &otter_agent::device::enroll::current_report(),
+    )?;
+    println!(
+        "report accepted for device {}",
+        answer["device_id"].as_str().unwrap_or("?")
+    );
+    Ok(())
 }
 
 /// Options of `otter-agent tuf`; they may come in any order around the command.
@@ -122,6 +217,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Tuf(a) => tuf(a),
+        Command::Enroll(a) => enroll(a),
+        Command::Report(a) => report(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,8 @@
 //! - [`atomic`]: the atomic-write helper.
 //! - [`report`]: rendering errors and their causes for people.
 //! - [`envelope`]: the backup envelope (age recipients, keyed chunk ids, signed manifest chain).
+//! - [`request`]: the signature on device requests (method, path, time, nonce, body digest,
+//!   device and key), signed and verified as pure functions.
 
 pub mod atomic;
 pub mod canonical;
@@ -22,6 +24,7 @@ pub mod hash;
 pub mod keyfile;
 pub mod metadata;
 pub mod report;
+pub mod request;
 pub mod time;
 
 pub use age;

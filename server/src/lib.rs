@@ -3,7 +3,8 @@
 //!
 //! It owns the HTTP API, the repository (signing targets, snapshot and timestamp with online
 //! keys), storage of files through `object_store` and of records in SQLite, API tokens with
-//! roles, and publishing release bundles. Fleet, rollouts and audit follow (issue 3).
+//! roles, publishing release bundles, and the fleet (enrollment, signed device requests,
+//! reports). Rollouts and audit follow (issue 3).
 //!
 //! - [`config`]: defaults, TOML file, validation.
 //! - [`setup`]: `otter-server init`, a production repository from `otter-keys init` output.
@@ -14,6 +15,8 @@
 //! - [`repo`]: the TUF repository: state, development setup, re-signing, publication order,
 //!   and the file names it serves.
 //! - [`tokens`]: API tokens, stored hashed; create, list, revoke, look up.
+//! - [`fleet`]: enrollment tokens, devices and their keys, replay protection for signed
+//!   device requests, device reports.
 //! - [`http`]: routes, the bearer-token extractor and role policies, file serving with
 //!   ranges and conditional requests, publishing endpoints, health, errors.
 //! - [`resign`]: the background re-signing task.
@@ -23,6 +26,7 @@ pub mod bundle;
 pub mod config;
 pub mod datadir;
 pub mod db;
+pub mod fleet;
 pub mod http;
 pub mod logging;
 pub mod repo;

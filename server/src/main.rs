@@ -1,6 +1,6 @@
 //! `otter-server`: serves an Otter TUF repository. `otter-server serve` with no options keeps
-//! its data in `./otter-data` and listens on `127.0.0.1:8080`. `init`, `token` and `publish`
-//! administer it (see [`cli`]).
+//! its data in `./otter-data` and listens on `127.0.0.1:8080`. `init`, `token`, `publish`,
+//! `enroll-token` and `devices` administer it (see [`cli`]).
 
 mod cli;
 
@@ -34,6 +34,12 @@ enum Command {
     Token(cli::token::TokenCommand),
     /// Upload and publish a release bundle.
     Publish(cli::publish::PublishArgs),
+    /// Create single-use enrollment tokens for terminals, on the server host.
+    #[command(subcommand)]
+    EnrollToken(cli::enroll_token::EnrollTokenCommand),
+    /// List or revoke enrolled devices, on the server host.
+    #[command(subcommand)]
+    Devices(cli::devices::DevicesCommand),
     /// Print an example configuration file holding every default.
     DefaultConfig,
 }
@@ -67,6 +73,8 @@ fn main() -> Result<()> {
         Command::Init(args) => cli::init::run(args),
         Command::Token(cmd) => cli::token::run(cmd),
         Command::Publish(args) => cli::publish::run(args),
+        Command::EnrollToken(cmd) => cli::enroll_token::run(cmd),
+        Command::Devices(cmd) => cli::devices::run(cmd),
         Command::DefaultConfig => {
             print!("{}", otter_server::config::EXAMPLE_CONFIG);
             Ok(())

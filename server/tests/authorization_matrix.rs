@@ -1,12 +1,14 @@
 //! Every API endpoint against every role, anonymous access, a malformed, an unknown and a
 //! revoked token: exactly the roles the route's policy names get past authorization; the
-//! others get 401 (`missing_token`, `invalid_token`) or 403 (`forbidden`), in JSON.
+//! others get 401 (`missing_token`, `invalid_token`) or 403 (`forbidden`), in JSON. Device
+//! routes need a device signature and no API token of any role stands in for it; the
+//! enrollment route needs an enrollment token in the body, and an API token does not help.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::{api, client, config, make_token, run, start};
-use otter_server::http::API_ROUTES;
+use otter_server::http::{Access, API_ROUTES};
 use otter_server::tokens::TokenRole;
 
 /// A request that passes authorization for an admitted role (whatever the handler then
@@ -15,6 +17,21 @@ fn concrete(method: &str, pattern: &str) -> (String, Option<Vec<u8>>) {
     let body = match (method, pattern) {
         ("POST", "/api/v1/tokens") => Some(br#"{"role":"auditor","label":"matrix"}"#.to_vec()),
         ("POST", "/api/v1/releases") => Some(b"not a bundle".to_vec()),
+        ("POST", "/api/v1/enrollment-tokens") => Some(br#"{"group":"matrix"}"#.to_vec()),
+        ("POST", "/api/v1/enroll") => Some(
+            serde_json::to_vec(&serde_json::json!({
+                "token": "0".repeat(64),
+                "public_key": hex::encode(
+                    otter_keys::crypto::SigningKey::from_seed(&[5; 32]).public_bytes()
+                ),
+                "backup_recipient": otter_keys::age::x25519::Identity::generate()
+                    .to_public()
+                    .to_string(),
+                "hardware_model": "pos-a",
+            }))
+            .unwrap(),
+        ),
+        ("POST", "/api/v1/device/report") => Some(b"{}".to_vec()),
         _ => None,
     };
     let path = pattern
@@ -48,10 +65,32 @@ fn each_route_admits_exactly_its_roles() {
         assert_eq!(s, 200);
 
         assert!(!API_ROUTES.is_empty());
-        for (method, pattern, admitted) in API_ROUTES {
+        for (method, pattern, access) in API_ROUTES {
             let (path, body) = concrete(method, pattern);
             let url = srv.url(&path);
             let what = format!("{method} {pattern}");
+            let admitted = match access {
+                Access::Roles(roles) => *roles,
+                Access::DeviceSignature | Access::EnrollmentToken => {
+                    // Anonymous, and every role's token: the same refusal, never admitted.
+                    let (expect_status, expect_code) = if *access == Access::DeviceSignature {
+                        (401, "missing_signature")
+                    } else {
+                        (401, "invalid_enrollment_token")
+                    };
+                    let mut callers: Vec<Option<&str>> = vec![None, Some(&admin[..])];
+                    callers.extend(tokens.iter().map(|(_, t)| Some(&t[..])));
+                    for caller in callers {
+                        let (s, v) = api(&c, method, &url, caller, body.clone()).await;
+                        assert_eq!(
+                            (s, v["error"]["code"].as_str()),
+                            (expect_status, Some(expect_code)),
+                            "{what} with {caller:.8?}: {v}"
+                        );
+                    }
+                    continue;
+                }
+            };
 
             // Anonymous, malformed, unknown and revoked tokens: 401 with a stable code.
             let r = c
@@ -108,9 +147,17 @@ fn each_route_admits_exactly_its_roles() {
             }
         }
         // Admin is admitted everywhere; restorer nowhere yet (backups come later).
-        for (_, _, admitted) in API_ROUTES {
-            assert!(admitted.contains(&TokenRole::Admin));
-            assert!(!admitted.contains(&TokenRole::Restorer));
+        for (_, _, access) in API_ROUTES {
+            if let Access::Roles(admitted) = access {
+                assert!(admitted.contains(&TokenRole::Admin));
+                assert!(!admitted.contains(&TokenRole::Restorer));
+            }
+        }
+        for route in [
+            ("POST", "/api/v1/enroll", Access::EnrollmentToken),
+            ("POST", "/api/v1/device/report", Access::DeviceSignature),
+        ] {
+            assert!(API_ROUTES.contains(&route), "{route:?} is in the table");
         }
         // Repository files and health stay public.
         for path in [

@@ -1,6 +1,8 @@
 //! The `otter-server` binary's administrative subcommands (binary only, not part of the
-//! library): `init`, `token`, `publish`. Each file holds one subcommand.
+//! library): `init`, `token`, `publish`, `enroll-token`, `devices`. Each file holds one subcommand.
 
+pub mod devices;
+pub mod enroll_token;
 pub mod init;
 pub mod publish;
 pub mod token;

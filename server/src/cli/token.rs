@@ -39,7 +39,8 @@ pub enum TokenCommand {
     },
 }
 
-fn open(dir: &DataDirArgs) -> Result<Db> {
+/// Opens the database of the data dir these arguments select; it must exist.
+pub fn open(dir: &DataDirArgs) -> Result<Db> {
     let config = dir.config()?;
     let path = config.db_path();
     if !path.exists() {

@@ -80,6 +80,53 @@ CREATE TABLE releases (
 ) STRICT;
 "#,
     },
+    Migration {
+        version: 3,
+        name: "fleet: enrollment tokens, devices, device request nonces",
+        sql: r#"
+-- Single-use enrollment tokens. Only the SHA-256 of a token is kept; the token is shown
+-- once. created_by is the API token that made it, NULL when made on the server host.
+CREATE TABLE enrollment_tokens (
+    id              INTEGER PRIMARY KEY,
+    token_sha256    TEXT    NOT NULL UNIQUE,
+    device_group    TEXT,
+    created_by      INTEGER REFERENCES api_tokens(id),
+    created_at      INTEGER NOT NULL,
+    expires_at      INTEGER NOT NULL,
+    used_at         INTEGER,
+    used_by_device  TEXT
+) STRICT;
+
+-- Enrolled terminals: their ed25519 identity key (hex) that signs every request, their
+-- age X25519 backup recipient, and what they last reported.
+CREATE TABLE devices (
+    id                INTEGER PRIMARY KEY,
+    device_id         TEXT    NOT NULL UNIQUE,
+    public_key        TEXT    NOT NULL UNIQUE,
+    backup_recipient  TEXT    NOT NULL,
+    hardware_model    TEXT    NOT NULL,
+    device_group      TEXT,
+    enrollment_token  INTEGER REFERENCES enrollment_tokens(id),
+    enrolled_at       INTEGER NOT NULL,
+    last_seen         INTEGER,
+    revoked_at        INTEGER,
+    last_report       TEXT,
+    last_report_at    INTEGER
+) STRICT;
+CREATE INDEX devices_group ON devices(device_group);
+CREATE INDEX devices_model ON devices(hardware_model);
+
+-- Nonces of signed device requests seen within the clock-skew window; a second request
+-- with the same nonce is a replay. Rows older than the window are pruned.
+CREATE TABLE device_nonces (
+    device_id  TEXT    NOT NULL,
+    nonce      TEXT    NOT NULL,
+    seen_at    INTEGER NOT NULL,
+    PRIMARY KEY (device_id, nonce)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX device_nonces_seen ON device_nonces(seen_at);
+"#,
+    },
 ];
 
 /// Brings the schema up to date.

@@ -59,6 +59,21 @@ impl Policy for ReadReleases {
     const WHAT: &'static str = "listing releases";
 }
 
+/// Creating enrollment tokens: admin and operator.
+pub struct ManageEnrollment;
+impl Policy for ManageEnrollment {
+    const ROLES: &'static [TokenRole] = &[TokenRole::Admin, TokenRole::Operator];
+    const WHAT: &'static str = "creating enrollment tokens";
+}
+
+/// Reading the device inventory: admin, operator and auditor.
+pub struct ReadDevices;
+impl Policy for ReadDevices {
+    const ROLES: &'static [TokenRole] =
+        &[TokenRole::Admin, TokenRole::Operator, TokenRole::Auditor];
+    const WHAT: &'static str = "listing devices";
+}
+
 /// An authenticated caller whose role `P` admits.
 pub struct Auth<P: Policy> {
     /// The token's record (id, role, label; never the token).

@@ -103,7 +103,9 @@ impl ResponseError for ApiError {
             // The rest of the body is not wanted: close rather than read it.
             res.force_close();
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.status == StatusCode::UNAUTHORIZED
+            && matches!(self.code, "missing_token" | "invalid_token")
+        {
             res.insert_header((
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"otter\""),

@@ -3,8 +3,10 @@
 
 pub mod auth;
 pub mod conditional;
+pub mod device_auth;
 pub mod error;
 pub mod files;
+pub mod fleet_api;
 pub mod health;
 pub mod releases;
 pub mod tokens_api;
@@ -36,21 +38,65 @@ pub struct AppState {
     pub upload_dir: std::path::PathBuf,
 }
 
-/// Every API route with its method, path pattern and the roles admitted: the table the
+/// Who may call an API route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A bearer API token whose role is one of these.
+    Roles(&'static [crate::tokens::TokenRole]),
+    /// A request signed by an enrolled, unrevoked device (see [`device_auth`]); API tokens
+    /// do not stand in for it.
+    DeviceSignature,
+    /// Anyone presenting a valid enrollment token in the body.
+    EnrollmentToken,
+}
+
+/// Every API route with its method, path pattern and who is admitted: the table the
 /// authorization test walks.
-pub const API_ROUTES: &[(&str, &str, &[crate::tokens::TokenRole])] = {
+pub const API_ROUTES: &[(&str, &str, Access)] = {
     use auth::Policy;
     &[
-        ("POST", "/api/v1/tokens", auth::ManageTokens::ROLES),
-        ("GET", "/api/v1/tokens", auth::ReadTokens::ROLES),
-        ("DELETE", "/api/v1/tokens/{id}", auth::ManageTokens::ROLES),
-        ("POST", "/api/v1/releases", auth::Publish::ROLES),
-        ("GET", "/api/v1/releases", auth::ReadReleases::ROLES),
+        (
+            "POST",
+            "/api/v1/tokens",
+            Access::Roles(auth::ManageTokens::ROLES),
+        ),
+        (
+            "GET",
+            "/api/v1/tokens",
+            Access::Roles(auth::ReadTokens::ROLES),
+        ),
+        (
+            "DELETE",
+            "/api/v1/tokens/{id}",
+            Access::Roles(auth::ManageTokens::ROLES),
+        ),
+        (
+            "POST",
+            "/api/v1/releases",
+            Access::Roles(auth::Publish::ROLES),
+        ),
+        (
+            "GET",
+            "/api/v1/releases",
+            Access::Roles(auth::ReadReleases::ROLES),
+        ),
         (
             "DELETE",
             "/api/v1/releases/{name}/{version}",
-            auth::Publish::ROLES,
+            Access::Roles(auth::Publish::ROLES),
         ),
+        (
+            "POST",
+            "/api/v1/enrollment-tokens",
+            Access::Roles(auth::ManageEnrollment::ROLES),
+        ),
+        (
+            "GET",
+            "/api/v1/devices",
+            Access::Roles(auth::ReadDevices::ROLES),
+        ),
+        ("POST", "/api/v1/enroll", Access::EnrollmentToken),
+        ("POST", "/api/v1/device/report", Access::DeviceSignature),
     ]
 };
 
@@ -79,6 +125,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/api/v1/releases/{name}/{version}")
                 .route(web::delete().to(releases::yank))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/enrollment-tokens")
+                .route(web::post().to(fleet_api::create_token))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/enroll")
+                .route(web::post().to(fleet_api::enroll))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/device/report")
+                .route(web::post().to(fleet_api::report))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/devices")
+                .route(web::get().to(fleet_api::list_devices))
                 .default_service(web::to(error::method_not_allowed)),
         )
         .service(

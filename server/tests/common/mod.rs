@@ -9,6 +9,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
+pub mod fleet;
+
 use otter_keys::metadata::{check_expected_version, Metadata, Root, Snapshot, Targets, Timestamp};
 use otter_keys::time::UtcTime;
 use otter_server::{Config, Server, ServerError};

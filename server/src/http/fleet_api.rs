@@ -1,0 +1,225 @@
+//! The fleet endpoints: `POST /api/v1/enrollment-tokens` (admin, operator), `POST
+//! /api/v1/enroll` (a terminal with an enrollment token), `POST /api/v1/device/report`
+//! (signed by a device) and `GET /api/v1/devices` (admin, operator, auditor). The same
+//! operations as `otter-server enroll-token create` and `otter-server devices list`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{Auth, ManageEnrollment, ReadDevices};
+use super::device_auth::SignedDevice;
+use super::error::ApiError;
+use super::AppState;
+use crate::db::unix_now;
+use crate::fleet::{
+    create_enrollment_token, enroll as enroll_device, list_devices as list, store_report,
+    DeviceFilter, DeviceReport, EnrollRequest, FleetError, DEFAULT_TOKEN_TTL_SECS,
+};
+
+fn fleet_err(e: FleetError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        FleetError::InvalidGroup(_) => ApiError::bad_request("invalid_group", msg),
+        FleetError::InvalidModel(_) => ApiError::bad_request("invalid_hardware_model", msg),
+        FleetError::InvalidExpiry(_) => ApiError::bad_request("invalid_expiry", msg),
+        FleetError::InvalidPublicKey(_) => ApiError::bad_request("invalid_public_key", msg),
+        FleetError::InvalidRecipient(_) => ApiError::bad_request("invalid_backup_recipient", msg),
+        FleetError::InvalidReport(_) => ApiError::bad_request("invalid_report", msg),
+        FleetError::TokenUnknown => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "invalid_enrollment_token", msg)
+        }
+        FleetError::TokenUsed => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "enrollment_token_used", msg)
+        }
+        FleetError::TokenExpired { .. } => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "enrollment_token_expired", msg)
+        }
+        FleetError::KeyAlreadyEnrolled(_) => {
+            ApiError::new(StatusCode::CONFLICT, "device_exists", msg)
+        }
+        FleetError::DeviceNotFound(_) => ApiError::not_found(msg),
+        other => ApiError::internal("the fleet operation", &other),
+    }
+}
+
+fn db_err(e: crate::db::DbError) -> ApiError {
+    ApiError::unavailable("the database", &e)
+}
+
+/// Body of `POST /api/v1/enrollment-tokens` (every member optional; an empty body is `{}`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollmentToken {
+    /// The group devices enrolled with the token join.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Lifetime in seconds [default: one day].
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// `POST /api/v1/enrollment-tokens` (admin, operator): 201 with `{id, token, group,
+/// expires_at}`; the token is shown this once.
+#[tracing::instrument(skip_all, fields(caller = auth.caller.id))]
+pub async fn create_token(
+    auth: Auth<ManageEnrollment>,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: CreateEnrollmentToken = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateEnrollmentToken::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("the body must be {{\"group\": GROUP, \"expires_in_secs\": SECONDS}} (both optional): {e}"),
+            )
+        })?
+    };
+    let ttl = body.expires_in_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+    let caller = auth.caller.id;
+    let (info, token) = state
+        .db
+        .call(move |c| {
+            Ok(create_enrollment_token(
+                c,
+                body.group.as_deref(),
+                ttl,
+                Some(caller),
+                unix_now(),
+            ))
+        })
+        .await
+        .map_err(db_err)?
+        .map_err(fleet_err)?;
+    tracing::info!(enrollment_token_id = info.id, group = ?info.group, by = caller, "enrollment token created");
+    Ok(HttpResponse::build(StatusCode::CREATED)
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({
+            "id": info.id,
+            "token": token.expose_dangerous(),
+            "group": info.group,
+            "expires_at": info.expires_at,
+        })))
+}
+
+/// `POST /api/v1/enroll` (no API token; the enrollment token is in the body): registers the
+/// device and answers 201 with `{device_id, group, hardware_model, enrolled_at,
+/// metadata_url, targets_url}`.
+#[tracing::instrument(skip_all)]
+pub async fn enroll(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let request: EnrollRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("the body must be {{\"token\", \"public_key\", \"backup_recipient\", \"hardware_model\"}}: {e}"),
+        )
+    })?;
+    request.validate().map_err(fleet_err)?;
+    let enrolled = state
+        .db
+        .call(move |c| Ok(enroll_device(c, &request, unix_now())))
+        .await
+        .map_err(db_err)?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "enrollment refused");
+            fleet_err(e)
+        })?;
+    tracing::info!(
+        device = enrolled.device_id,
+        model = enrolled.hardware_model,
+        group = ?enrolled.group,
+        "device enrolled"
+    );
+    let info = req.connection_info();
+    let base = format!("{}://{}", info.scheme(), info.host());
+    Ok(HttpResponse::build(StatusCode::CREATED)
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({
+            "device_id": enrolled.device_id,
+            "group": enrolled.group,
+            "hardware_model": enrolled.hardware_model,
+            "enrolled_at": enrolled.enrolled_at,
+            "metadata_url": format!("{base}/repo/metadata/"),
+            "targets_url": format!("{base}/repo/targets/"),
+        })))
+}
+
+/// `POST /api/v1/device/report` (signed by the device): stores the report as the device's
+/// last; 200 with `{device_id, received_at}`.
+#[tracing::instrument(skip_all, fields(device = device.device_id))]
+pub async fn report(
+    device: SignedDevice,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let report: DeviceReport = serde_json::from_slice(&device.body).map_err(|e| {
+        ApiError::bad_request("invalid_report", format!("the report is not valid: {e}"))
+    })?;
+    report
+        .validate()
+        .map_err(|m| ApiError::bad_request("invalid_report", m))?;
+    for e in &report.security_events {
+        tracing::warn!(
+            device = device.device_id,
+            kind = e.kind,
+            at = e.at,
+            "device security event"
+        );
+    }
+    let now = unix_now();
+    let id = device.device_id.clone();
+    state
+        .db
+        .call(move |c| Ok(store_report(c, &id, &report, now)))
+        .await
+        .map_err(db_err)?
+        .map_err(fleet_err)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({ "device_id": device.device_id, "received_at": now })))
+}
+
+/// Query of `GET /api/v1/devices`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceQuery {
+    /// Only this group.
+    pub group: Option<String>,
+    /// Only this hardware model.
+    pub model: Option<String>,
+}
+
+/// `GET /api/v1/devices[?group=G][&model=M]` (admin, operator, auditor): `{devices: [...]}`
+/// with keys, group, model, last seen, installed versions and the last report.
+#[tracing::instrument(skip_all, fields(caller = auth.caller.id))]
+pub async fn list_devices(
+    auth: Auth<ReadDevices>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let _ = auth;
+    let q = web::Query::<DeviceQuery>::from_query(req.query_string()).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("the query may hold group and model only: {e}"),
+        )
+    })?;
+    let filter = DeviceFilter {
+        group: q.group.clone(),
+        model: q.model.clone(),
+    };
+    let devices = state
+        .db
+        .call(move |c| Ok(list(c, &filter)))
+        .await
+        .map_err(db_err)?
+        .map_err(fleet_err)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({ "devices": devices })))
+}
