@@ -6,10 +6,13 @@
 //!   encrypted packs, signed manifest chain) and verified, atomic restores.
 //! - [`device`]: enrollment (identity key, backup identity, chunk key, pinned root) and
 //!   signed requests to the server's device API.
+//! - [`select`]: choosing an update from signed target metadata only (kind, hardware,
+//!   channel, rollout bucket and groups, minimum installed version, no unsigned downgrade).
 //!
-//! Still to come (see the agent issue): update selection, atomic apply with
-//! health check and rollback, the daemon, backups and restores.
+//! Still to come (see the agent and backup issues): resumable downloads and deltas, atomic
+//! apply with health check and rollback, the daemon, and the backup/restore commands.
 
 pub mod backup;
 pub mod device;
+pub mod select;
 pub mod tuf;

@@ -5,7 +5,7 @@
 //! - [`store`]: the [`BackupStore`] trait and its local-directory implementation.
 //! - [`index`]: the agent's local state: chunks already stored, the chain head, pending packs.
 //! - [`engine`]: [`run_backup`]: snapshot → pages → packs → signed, chained manifest.
-//! - [`restore`]: [`restore`](restore::restore): chain and signature checks, every pack and
+//! - [`restore`](mod@restore): [`restore`](restore::restore()): chain and signature checks, every pack and
 //!   page verified, the rebuilt file checked, then an atomic replace of the live database.
 //!
 //! Everything is blocking: the agent is synchronous.

@@ -11,7 +11,7 @@
 //!
 //! - [`identity`]: creating, saving and loading the three secrets.
 //! - [`client`]: the blocking HTTP client that signs requests with the identity key.
-//! - [`enroll`]: `otter-agent enroll` and `otter-agent report`.
+//! - [`enroll`](mod@enroll): `otter-agent enroll` and `otter-agent report`.
 
 pub mod client;
 pub mod enroll;
