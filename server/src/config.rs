@@ -96,6 +96,30 @@ pub struct Config {
     pub repository: RepositoryConfig,
     /// Uploads of release bundles.
     pub publishing: PublishingConfig,
+    /// Receiving terminals' encrypted backups.
+    pub backups: BackupsConfig,
+}
+
+/// Limits on received backups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupsConfig {
+    /// Largest backup pack accepted, in bytes; larger ones get 413.
+    pub max_pack_bytes: u64,
+    /// Largest serialized backup manifest accepted, in bytes; larger ones get 413.
+    pub max_manifest_bytes: u64,
+}
+
+/// Hard ceiling of [`BackupsConfig::max_manifest_bytes`]: a manifest is held in memory.
+pub const MAX_MANIFEST_BYTES_CEILING: u64 = 256 * 1024 * 1024;
+
+impl Default for BackupsConfig {
+    fn default() -> Self {
+        BackupsConfig {
+            max_pack_bytes: 64 * 1024 * 1024,
+            max_manifest_bytes: 32 * 1024 * 1024,
+        }
+    }
 }
 
 /// Limits on uploaded bundles.
@@ -149,6 +173,7 @@ impl Default for Config {
             key_passphrase_file: None,
             repository: RepositoryConfig::default(),
             publishing: PublishingConfig::default(),
+            backups: BackupsConfig::default(),
         }
     }
 }
@@ -215,6 +240,16 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "publishing limits must be at least 1".into(),
             ));
+        }
+        let b = &self.backups;
+        if b.max_pack_bytes == 0
+            || b.max_manifest_bytes == 0
+            || b.max_manifest_bytes > MAX_MANIFEST_BYTES_CEILING
+        {
+            return Err(ConfigError::Invalid(format!(
+                "backups limits must be at least 1, and max_manifest_bytes at most \
+                 {MAX_MANIFEST_BYTES_CEILING} (a manifest is checked in memory)"
+            )));
         }
         if self.workers == Some(0) {
             return Err(ConfigError::Invalid("workers = 0: give at least 1".into()));

@@ -8,6 +8,8 @@
 //!
 //! - [`config`]: defaults, TOML file, validation.
 //! - [`setup`]: `otter-server init`, a production repository from `otter-keys init` output.
+//! - [`backups`]: the backup catalog, keyless checks of received manifests, the receipt
+//!   key that countersigns them.
 //! - [`bundle`]: release bundles (zstd tar + manifest) and their validation.
 //! - [`datadir`]: creating, checking and locking the data dir.
 //! - [`db`]: SQLite in WAL mode, migrations, blocking calls off the executor.
@@ -22,6 +24,7 @@
 //! - [`resign`]: the background re-signing task.
 //! - [`logging`]: `tracing` output as text or JSON.
 
+pub mod backups;
 pub mod bundle;
 pub mod config;
 pub mod datadir;
@@ -75,6 +78,7 @@ pub struct Server {
     db: db::Db,
     store: store::Store,
     repo: Arc<Repository>,
+    receipt_key: Arc<otter_keys::crypto::SigningKey>,
     created: Option<DevRepositoryCreated>,
     _lock: datadir::DataDirLock,
 }
@@ -89,6 +93,14 @@ impl Server {
         let db = db::Db::open(&config.db_path()).await?;
         let store = store::Store::open(config.store_url.as_deref(), &config.default_store_dir())?;
         let (repo, created) = Repository::open_or_init(&config, db.clone(), store.clone()).await?;
+        let receipt_key = {
+            let (config, mode) = (config.clone(), repo.mode());
+            tokio::task::spawn_blocking(move || backups::receipt::open_or_create(&config, mode))
+                .await
+                .map_err(|e| {
+                    RepoError::Setup(format!("opening the backup receipt key failed: {e}"))
+                })??
+        };
         let v = repo.versions().await;
         if repo.mode() == repo::RepoMode::Development {
             tracing::warn!(
@@ -116,6 +128,7 @@ impl Server {
             db,
             store,
             repo: Arc::new(repo),
+            receipt_key: Arc::new(receipt_key),
             created,
             _lock: lock,
         })
@@ -144,6 +157,7 @@ impl Server {
             db,
             store,
             repo,
+            receipt_key,
             created,
             _lock,
         } = self;
@@ -155,12 +169,16 @@ impl Server {
             repo: Arc::clone(&repo),
             publishing: config.publishing.clone(),
             upload_dir: config.upload_dir(),
+            backups: config.backups.clone(),
+            receipt_key,
+            backup_lock: tokio::sync::Mutex::new(()),
         });
+        let manifest_cap = config.backups.max_manifest_bytes;
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(middleware::from_fn(http::log_request))
-                .configure(http::configure)
+                .configure(|c| http::configure_with_manifest_cap(c, manifest_cap))
         })
         .disable_signals()
         .shutdown_timeout(config.shutdown_timeout_secs);

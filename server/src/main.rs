@@ -1,6 +1,6 @@
 //! `otter-server`: serves an Otter TUF repository. `otter-server serve` with no options keeps
 //! its data in `./otter-data` and listens on `127.0.0.1:8080`. `init`, `token`, `publish`,
-//! `enroll-token` and `devices` administer it (see [`cli`]).
+//! `enroll-token`, `devices` and `backups` administer it (see [`cli`]).
 
 mod cli;
 
@@ -40,6 +40,9 @@ enum Command {
     /// List or revoke enrolled devices, on the server host.
     #[command(subcommand)]
     Devices(cli::devices::DevicesCommand),
+    /// List or show received backups, on the server host.
+    #[command(subcommand)]
+    Backups(cli::backups::BackupsCommand),
     /// Print an example configuration file holding every default.
     DefaultConfig,
 }
@@ -75,6 +78,7 @@ fn main() -> Result<()> {
         Command::Publish(args) => cli::publish::run(args),
         Command::EnrollToken(cmd) => cli::enroll_token::run(cmd),
         Command::Devices(cmd) => cli::devices::run(cmd),
+        Command::Backups(cmd) => cli::backups::run(cmd),
         Command::DefaultConfig => {
             print!("{}", otter_server::config::EXAMPLE_CONFIG);
             Ok(())

@@ -35,6 +35,9 @@ fn concrete(method: &str, pattern: &str) -> (String, Option<Vec<u8>>) {
         _ => None,
     };
     let path = pattern
+        .replace("{pack_id}", &"ab".repeat(32))
+        .replace("{device}", "nothing")
+        .replace("{sequence}", "1")
         .replace("{id}", "999999")
         .replace("{name}", "nothing")
         .replace("{version}", "1.0.0");
@@ -82,6 +85,11 @@ fn each_route_admits_exactly_its_roles() {
                     callers.extend(tokens.iter().map(|(_, t)| Some(&t[..])));
                     for caller in callers {
                         let (s, v) = api(&c, method, &url, caller, body.clone()).await;
+                        if *method == "HEAD" {
+                            // No body to carry the code.
+                            assert_eq!(s, expect_status, "{what} with {caller:.8?}");
+                            continue;
+                        }
                         assert_eq!(
                             (s, v["error"]["code"].as_str()),
                             (expect_status, Some(expect_code)),
@@ -146,16 +154,30 @@ fn each_route_admits_exactly_its_roles() {
                 }
             }
         }
-        // Admin is admitted everywhere; restorer nowhere yet (backups come later).
-        for (_, _, access) in API_ROUTES {
+        // Admin is admitted everywhere; restorer only to the backup catalog.
+        for (_, pattern, access) in API_ROUTES {
             if let Access::Roles(admitted) = access {
                 assert!(admitted.contains(&TokenRole::Admin));
-                assert!(!admitted.contains(&TokenRole::Restorer));
+                assert_eq!(
+                    admitted.contains(&TokenRole::Restorer),
+                    pattern.starts_with("/api/v1/backups"),
+                    "{pattern}"
+                );
             }
         }
         for route in [
             ("POST", "/api/v1/enroll", Access::EnrollmentToken),
             ("POST", "/api/v1/device/report", Access::DeviceSignature),
+            (
+                "PUT",
+                "/api/v1/device/backups/packs/{pack_id}",
+                Access::DeviceSignature,
+            ),
+            (
+                "POST",
+                "/api/v1/device/backups/manifests",
+                Access::DeviceSignature,
+            ),
         ] {
             assert!(API_ROUTES.contains(&route), "{route:?} is in the table");
         }

@@ -1,6 +1,7 @@
 //! The `otter-server` binary's administrative subcommands (binary only, not part of the
-//! library): `init`, `token`, `publish`, `enroll-token`, `devices`. Each file holds one subcommand.
+//! library): `init`, `token`, `publish`, `enroll-token`, `devices`, `backups`. Each file holds one subcommand.
 
+pub mod backups;
 pub mod devices;
 pub mod enroll_token;
 pub mod init;

@@ -127,6 +127,43 @@ CREATE TABLE device_nonces (
 CREATE INDEX device_nonces_seen ON device_nonces(seen_at);
 "#,
     },
+    Migration {
+        version: 4,
+        name: "backup catalog: packs and manifests",
+        sql: r#"
+-- Encrypted backup packs a device uploaded, named by the SHA-256 of their ciphertext and
+-- stored at backups/{device}/packs/{pack_id}. The row is written after the object, so a
+-- listed pack is always stored. first_sequence is the first manifest that referenced it
+-- (NULL: uploaded, not referenced yet).
+CREATE TABLE backup_packs (
+    device_id       TEXT    NOT NULL,
+    pack_id         TEXT    NOT NULL,
+    length          INTEGER NOT NULL CHECK (length > 0),
+    stored_at       INTEGER NOT NULL,
+    first_sequence  INTEGER,
+    PRIMARY KEY (device_id, pack_id)
+) STRICT, WITHOUT ROWID;
+
+-- Accepted backup manifests, one chain per device, stored at
+-- backups/{device}/manifests/{sequence:020}. header is the canonical signed header (the
+-- next manifest's chain check needs it); countersignature is the server's receipt (JSON).
+CREATE TABLE backup_manifests (
+    device_id         TEXT    NOT NULL,
+    sequence          INTEGER NOT NULL CHECK (sequence >= 1),
+    header_hash       TEXT    NOT NULL UNIQUE,
+    header            BLOB    NOT NULL,
+    created           INTEGER NOT NULL,
+    pack_count        INTEGER NOT NULL,
+    total_pack_bytes  INTEGER NOT NULL,
+    new_pack_bytes    INTEGER NOT NULL,
+    body_length       INTEGER NOT NULL,
+    manifest_length   INTEGER NOT NULL,
+    received_at       INTEGER NOT NULL,
+    countersignature  TEXT    NOT NULL,
+    PRIMARY KEY (device_id, sequence)
+) STRICT;
+"#,
+    },
 ];
 
 /// Brings the schema up to date.

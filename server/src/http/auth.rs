@@ -74,6 +74,18 @@ impl Policy for ReadDevices {
     const WHAT: &'static str = "listing devices";
 }
 
+/// Reading the backup catalog: admin, operator, auditor and restorer.
+pub struct ReadBackups;
+impl Policy for ReadBackups {
+    const ROLES: &'static [TokenRole] = &[
+        TokenRole::Admin,
+        TokenRole::Operator,
+        TokenRole::Auditor,
+        TokenRole::Restorer,
+    ];
+    const WHAT: &'static str = "reading the backup catalog";
+}
+
 /// An authenticated caller whose role `P` admits.
 pub struct Auth<P: Policy> {
     /// The token's record (id, role, label; never the token).

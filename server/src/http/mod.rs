@@ -2,6 +2,7 @@
 //! errors to [`error::ApiError`]; the logic lives in the modules they call.
 
 pub mod auth;
+pub mod backups_api;
 pub mod conditional;
 pub mod device_auth;
 pub mod error;
@@ -36,6 +37,12 @@ pub struct AppState {
     pub publishing: PublishingConfig,
     /// Where uploads are spooled.
     pub upload_dir: std::path::PathBuf,
+    /// Backup limits.
+    pub backups: crate::config::BackupsConfig,
+    /// The key that countersigns accepted backup manifests.
+    pub receipt_key: Arc<otter_keys::crypto::SigningKey>,
+    /// Held while a backup manifest is checked and catalogued.
+    pub backup_lock: tokio::sync::Mutex<()>,
 }
 
 /// Who may call an API route.
@@ -97,11 +104,66 @@ pub const API_ROUTES: &[(&str, &str, Access)] = {
         ),
         ("POST", "/api/v1/enroll", Access::EnrollmentToken),
         ("POST", "/api/v1/device/report", Access::DeviceSignature),
+        (
+            "PUT",
+            "/api/v1/device/backups/packs/{pack_id}",
+            Access::DeviceSignature,
+        ),
+        (
+            "HEAD",
+            "/api/v1/device/backups/packs/{pack_id}",
+            Access::DeviceSignature,
+        ),
+        (
+            "POST",
+            "/api/v1/device/backups/manifests",
+            Access::DeviceSignature,
+        ),
+        (
+            "GET",
+            "/api/v1/backups",
+            Access::Roles(auth::ReadBackups::ROLES),
+        ),
+        (
+            "GET",
+            "/api/v1/backups/{device}/{sequence}",
+            Access::Roles(auth::ReadBackups::ROLES),
+        ),
     ]
 };
 
-/// Registers every route, and JSON errors for unknown paths and methods.
+/// Registers every route, and JSON errors for unknown paths and methods, with the default
+/// backup manifest cap.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    let max = crate::config::BackupsConfig::default().max_manifest_bytes;
+    configure_with_manifest_cap(cfg, max);
+}
+
+/// [`configure`], reading backup manifests of up to `max_manifest_bytes` into memory.
+pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_bytes: u64) {
+    let manifest_cap = usize::try_from(max_manifest_bytes).unwrap_or(usize::MAX);
+    cfg.service(
+        web::resource("/api/v1/device/backups/packs/{pack_id}")
+            .route(web::put().to(backups_api::put_pack))
+            .route(web::head().to(backups_api::head_pack))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/device/backups/manifests")
+            .app_data(web::PayloadConfig::default().limit(manifest_cap))
+            .route(web::post().to(backups_api::post_manifest))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/backups")
+            .route(web::get().to(backups_api::list))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/backups/{device}/{sequence}")
+            .route(web::get().to(backups_api::show))
+            .default_service(web::to(error::method_not_allowed)),
+    );
     cfg.service(get_head("/repo/metadata/{file}", files::metadata))
         .service(get_head("/repo/targets/{file}", files::target))
         .app_data(web::PayloadConfig::default().limit(64 * 1024))

@@ -1,0 +1,435 @@
+//! The backup endpoints. Terminals (signed device requests) upload encrypted packs and
+//! then the signed manifest that names them; the server checks both without any key that
+//! decrypts (see [`crate::backups`]) and answers the manifest with its countersignature.
+//! People with a token read the catalog.
+//!
+//! - `PUT /api/v1/device/backups/packs/{pack_id}`: the body is the pack's ciphertext,
+//!   streamed to a spool file under the cap (`backups.max_pack_bytes`); the signed
+//!   `Content-Digest` must be the pack id's, which is checked before the body is read, and
+//!   the body's SHA-256 must be the pack id. 201 when stored, 200 when it was already.
+//! - `HEAD /api/v1/device/backups/packs/{pack_id}`: 200 (with `Otter-Pack-Length`) when
+//!   the device's pack is stored, else 404, so an agent resumes.
+//! - `POST /api/v1/device/backups/manifests`: the body is a serialized `SignedManifest`;
+//!   201 with `{countersignature, device_id, sequence, header_hash, total_pack_bytes,
+//!   new_pack_bytes}`, 200 with the same receipt when the same manifest comes again.
+//! - `GET /api/v1/backups[?device=D]` and `GET /api/v1/backups/{device}/{sequence}`
+//!   (admin, operator, auditor, restorer).
+//!
+//! Refusals change nothing: `invalid_pack_id`, `backup_pack_too_large` (413),
+//! `backup_pack_hash_mismatch`, `backup_pack_empty`, `backup_manifest_malformed`,
+//! `backup_manifest_too_large` (413), `backup_wrong_device` (403),
+//! `backup_signature_invalid`, `backup_chain_broken` (409), `backup_sequence_conflict`
+//! (409), `backup_pack_missing` (422).
+
+use std::io::Write;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use otter_keys::envelope::{PackId, SignedManifest};
+use otter_keys::request::base64_encode;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::auth::{Auth, ReadBackups};
+use super::device_auth::{authenticate_before_body, SignedDevice};
+use super::error::ApiError;
+use super::AppState;
+use crate::backups::{
+    check_received, insert_manifest, list_manifests, manifest_key, pack_key, pack_length,
+    record_pack, show_manifest, BackupError, ManifestRecord, Received,
+};
+use crate::db::unix_now;
+
+fn backup_err(e: BackupError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        BackupError::Malformed(_) => ApiError::bad_request("backup_manifest_malformed", msg),
+        BackupError::WrongDevice { .. } => {
+            ApiError::new(StatusCode::FORBIDDEN, "backup_wrong_device", msg)
+        }
+        BackupError::Signature(_) => ApiError::bad_request("backup_signature_invalid", msg),
+        BackupError::Chain(_) => ApiError::new(StatusCode::CONFLICT, "backup_chain_broken", msg),
+        BackupError::SequenceConflict { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "backup_sequence_conflict", msg)
+        }
+        BackupError::PackMissing { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "backup_pack_missing", msg)
+        }
+        other => ApiError::internal("the backup catalog", &other),
+    }
+}
+
+fn db_err(e: crate::db::DbError) -> ApiError {
+    ApiError::unavailable("the database", &e)
+}
+
+fn parse_pack_id(text: &str) -> Result<PackId, ApiError> {
+    PackId::from_str(text).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_pack_id",
+            "a pack id is the SHA-256 of the pack's ciphertext: 64 lower-case hex digits",
+        )
+    })
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "backup_pack_too_large",
+        format!(
+            "the pack is larger than the server's cap of {limit} bytes (backups.max_pack_bytes)"
+        ),
+    )
+}
+
+/// A pack spooled to disk, with its length and SHA-256.
+struct Spooled {
+    file: tempfile::NamedTempFile,
+    length: u64,
+    sha256: [u8; 32],
+}
+
+fn spool(
+    dir: std::path::PathBuf,
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<Spooled> {
+    crate::store::create_dir_private(&dir)?;
+    let mut file = tempfile::Builder::new()
+        .prefix("pack-")
+        .suffix(".part")
+        .tempfile_in(&dir)?;
+    let (mut hasher, mut length) = (Sha256::new(), 0u64);
+    {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file.as_file_mut());
+        while let Some(chunk) = rx.blocking_recv() {
+            hasher.update(&chunk);
+            length += chunk.len() as u64;
+            w.write_all(&chunk)?;
+        }
+        w.flush()?;
+    }
+    Ok(Spooled {
+        file,
+        length,
+        sha256: hasher.finalize().into(),
+    })
+}
+
+/// `PUT /api/v1/device/backups/packs/{pack_id}` (signed by the device).
+#[tracing::instrument(skip_all)]
+pub async fn put_pack(
+    req: HttpRequest,
+    path: web::Path<String>,
+    mut body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let pack = parse_pack_id(&path.into_inner())?;
+    let digest = format!("sha-256=:{}:", base64_encode(pack.as_bytes()));
+    let device = authenticate_before_body(&req, &digest).await?;
+    let cap = state.backups.max_pack_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap) {
+        return Err(too_large(cap));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let dir = state.upload_dir.clone();
+    let writer = tokio::task::spawn_blocking(move || spool(dir, rx));
+    let (mut received, mut failure) = (0u64, None);
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(ApiError::bad_request(
+                    "upload_incomplete",
+                    format!("the upload broke off: {e}"),
+                ));
+                break;
+            }
+        };
+        received = received.saturating_add(chunk.len() as u64);
+        if received > cap {
+            failure = Some(too_large(cap));
+            break;
+        }
+        if tx.send(chunk).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let spooled = writer
+        .await
+        .map_err(|e| ApiError::internal("spooling a pack", &e))?;
+    if let Some(f) = failure {
+        tracing::warn!(device, %pack, code = f.code(), "pack refused");
+        return Err(f);
+    }
+    let spooled = spooled.map_err(|e| ApiError::internal("spooling a pack", &e))?;
+    if spooled.length == 0 {
+        return Err(ApiError::bad_request(
+            "backup_pack_empty",
+            "the pack is empty; a pack always holds at least one chunk",
+        ));
+    }
+    if PackId::from_bytes(spooled.sha256) != pack {
+        tracing::warn!(device, %pack, "pack does not hash to its id");
+        return Err(ApiError::bad_request(
+            "backup_pack_hash_mismatch",
+            format!(
+                "the body's SHA-256 is {}, not the pack id {pack}: the pack was damaged in transit, or named wrongly",
+                hex::encode(spooled.sha256)
+            ),
+        ));
+    }
+    let (id, length) = (device.clone(), spooled.length);
+    let known = state
+        .db
+        .call(move |c| Ok(pack_length(c, &id, &pack)))
+        .await
+        .map_err(db_err)?
+        .map_err(backup_err)?;
+    if known != Some(length) {
+        state
+            .store
+            .put_file(&pack_key(&device, &pack), spooled.file.path())
+            .await
+            .map_err(|e| ApiError::unavailable("the object store", &e))?;
+    }
+    drop(spooled);
+    let (id, now) = (device.clone(), unix_now());
+    let new = state
+        .db
+        .call(move |c| Ok(record_pack(c, &id, &pack, length, now)))
+        .await
+        .map_err(db_err)?
+        .map_err(backup_err)?;
+    tracing::info!(device, %pack, length, new, "backup pack received");
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "pack_id": pack.to_string(), "length": length, "new": new })))
+}
+
+/// `HEAD /api/v1/device/backups/packs/{pack_id}` (signed by the device, empty body).
+#[tracing::instrument(skip_all, fields(device = device.device_id))]
+pub async fn head_pack(
+    device: SignedDevice,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let pack = parse_pack_id(&path.into_inner())?;
+    let id = device.device_id.clone();
+    let known = state
+        .db
+        .call(move |c| Ok(pack_length(c, &id, &pack)))
+        .await
+        .map_err(db_err)?
+        .map_err(backup_err)?;
+    Ok(match known {
+        Some(len) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header(("Otter-Pack-Length", len.to_string()))
+            .finish(),
+        None => HttpResponse::NotFound()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish(),
+    })
+}
+
+/// `POST /api/v1/device/backups/manifests` (signed by the device).
+#[tracing::instrument(skip_all, fields(device = device.device_id))]
+pub async fn post_manifest(
+    device: SignedDevice,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let max = usize::try_from(state.backups.max_manifest_bytes).unwrap_or(usize::MAX);
+    if device.body.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "backup_manifest_too_large",
+            format!("the manifest is larger than the server's cap of {max} bytes (backups.max_manifest_bytes)"),
+        ));
+    }
+    let manifest = SignedManifest::from_bytes(&device.body, max)
+        .map_err(|e| backup_err(BackupError::Malformed(e)))?;
+    let sender = device.device_id.clone();
+    if manifest.header.device_id != sender {
+        tracing::warn!(device = sender, "manifest of another device refused");
+        return Err(backup_err(BackupError::WrongDevice {
+            manifest: manifest.header.device_id.chars().take(64).collect(),
+            sender,
+        }));
+    }
+    let header_hash = manifest
+        .header_hash()
+        .map_err(|e| backup_err(BackupError::Malformed(e)))?;
+    let manifest = Arc::new(manifest);
+    // One manifest at a time: the checks, the store write and the catalog row must see the
+    // same chain.
+    let _guard = state.backup_lock.lock().await;
+    let (id, m) = (sender.clone(), Arc::clone(&manifest));
+    let received = state
+        .db
+        .call(move |c| Ok(check_received(c, &id, &m)))
+        .await
+        .map_err(db_err)?
+        .map_err(|e| {
+            tracing::warn!(device = sender, error = %e, "backup manifest refused");
+            backup_err(e)
+        })?;
+    let header = &manifest.header;
+    let (total, new) = match received {
+        Received::Duplicate(cs) => {
+            return Ok(receipt(
+                StatusCode::OK,
+                &sender,
+                header.sequence,
+                &header_hash,
+                &cs,
+            ));
+        }
+        Received::New {
+            total_pack_bytes,
+            new_pack_bytes,
+        } => (total_pack_bytes, new_pack_bytes),
+    };
+    let countersignature = manifest
+        .countersign(&state.receipt_key)
+        .map_err(|e| ApiError::internal("countersigning a manifest", &e))?;
+    state
+        .store
+        .put(
+            &manifest_key(&sender, header.sequence),
+            device.body.to_vec(),
+        )
+        .await
+        .map_err(|e| ApiError::unavailable("the object store", &e))?;
+    let record = ManifestRecord {
+        device_id: sender.clone(),
+        sequence: header.sequence,
+        header_hash: header_hash.clone(),
+        created: header.created.unix(),
+        pack_count: header.packs.len() as u64,
+        total_pack_bytes: total,
+        new_pack_bytes: new,
+        body_length: header.body_length,
+        manifest_length: device.body.len() as u64,
+        received_at: unix_now(),
+        countersignature: countersignature.clone(),
+    };
+    let m = Arc::clone(&manifest);
+    state
+        .db
+        .call(move |c| Ok(insert_manifest(c, &m.header, &record)))
+        .await
+        .map_err(db_err)?
+        .map_err(backup_err)?;
+    tracing::info!(
+        device = sender,
+        sequence = header.sequence,
+        total,
+        new,
+        "backup manifest accepted"
+    );
+    Ok(receipt(
+        StatusCode::CREATED,
+        &sender,
+        header.sequence,
+        &header_hash,
+        &countersignature,
+    ))
+}
+
+fn receipt(
+    status: StatusCode,
+    device: &str,
+    sequence: u64,
+    header_hash: &str,
+    cs: &otter_keys::envelope::Countersignature,
+) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({
+            "device_id": device,
+            "sequence": sequence,
+            "header_hash": header_hash,
+            "countersignature": cs,
+        }))
+}
+
+/// Query of `GET /api/v1/backups`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this device's backups.
+    pub device: Option<String>,
+}
+
+/// `GET /api/v1/backups[?device=D]` (admin, operator, auditor, restorer): `{backups: [...]}`.
+#[tracing::instrument(skip_all, fields(caller = auth.caller.id))]
+pub async fn list(
+    auth: Auth<ReadBackups>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let _ = auth;
+    let q = web::Query::<ListQuery>::from_query(req.query_string()).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("the query may hold device only: {e}"),
+        )
+    })?;
+    let device = q.into_inner().device;
+    let backups = state
+        .db
+        .call(move |c| Ok(list_manifests(c, device.as_deref())))
+        .await
+        .map_err(db_err)?
+        .map_err(backup_err)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "backups": backups })))
+}
+
+/// `GET /api/v1/backups/{device}/{sequence}` (admin, operator, auditor, restorer): the
+/// catalog record with its signed header (packs, chain link).
+#[tracing::instrument(skip_all, fields(caller = auth.caller.id))]
+pub async fn show(
+    auth: Auth<ReadBackups>,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let _ = auth;
+    let (device, sequence) = path.into_inner();
+    let sequence: u64 = sequence.parse().map_err(|_| {
+        ApiError::bad_request("invalid_sequence", "a sequence is a positive integer")
+    })?;
+    let d = device.clone();
+    let found = state
+        .db
+        .call(move |c| Ok(show_manifest(c, &d, sequence)))
+        .await
+        .map_err(db_err)?
+        .map_err(backup_err)?;
+    let Some((record, header)) = found else {
+        return Err(ApiError::not_found(format!(
+            "no backup #{sequence} of device {:?}",
+            device.chars().take(64).collect::<String>()
+        )));
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "backup": record, "header": header })))
+}
