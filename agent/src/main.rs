@@ -1,5 +1,6 @@
 //! `otter-agent`: the terminal agent. `enroll` registers the terminal with a server,
-//! `report` sends it a signed report, and `tuf` is a standalone TUF client that checks any
+//! `report` sends it a signed report, `backup` backs the terminal's SQLite database up to
+//! it (encrypted to the fleet's recovery key and the terminal's own backup key), and `tuf` is a standalone TUF client that checks any
 //! TUF repository or mirror with the agent's own client code.
 
 use std::path::PathBuf;
@@ -27,6 +28,10 @@ enum Command {
     Enroll(EnrollArgs),
     /// Send a signed report (installed versions, health, security events) to the server.
     Report(ReportArgs),
+    /// Back the terminal's SQLite database up to the server it enrolled with: only pages
+    /// the server does not hold yet are shipped, encrypted to the fleet's recovery key and
+    /// the terminal's own backup key, under a manifest signed by the device key.
+    Backup(BackupArgs),
     /// A standalone TUF client (the agent's own client code) for any TUF repository or
     /// mirror; follows the client CLI of the TUF conformance suite.
     Tuf(TufArgs),
@@ -73,6 +78,102 @@ struct ReportArgs {
     /// The agent's state dir (enrolled with `otter-agent enroll`).
     #[arg(long, env = "OTTER_STATE_DIR", value_name = "DIR")]
     state_dir: PathBuf,
+}
+
+/// Options of `otter-agent backup`.
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// The agent's state dir (enrolled with `otter-agent enroll`); backup state is kept in
+    /// its `backup/` subdirectory.
+    #[arg(long, env = "OTTER_STATE_DIR", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// The live SQLite database to back up.
+    #[arg(long, env = "OTTER_DATABASE", value_name = "FILE")]
+    database: PathBuf,
+    /// Bytes of compressed pages after which a pack is sealed and uploaded.
+    #[arg(long, value_name = "BYTES", default_value_t = otter_agent::backup::DEFAULT_PACK_TARGET)]
+    pack_size: usize,
+}
+
+fn backup(a: BackupArgs) -> Result<()> {
+    use otter_agent::backup::index::BackupState;
+    use otter_agent::backup::{
+        run_backup, BackupConfig, BackupKeys, BackupRecipients, HttpBackupStore,
+    };
+    use otter_agent::device::{AgentState, DeviceError, Identity};
+
+    anyhow::ensure!(a.pack_size > 0, "--pack-size must be at least 1 byte");
+    let state = AgentState::load(&a.state_dir)?.ok_or_else(|| DeviceError::NotEnrolled {
+        dir: a.state_dir.clone(),
+    })?;
+    let identity = Identity::load(&a.state_dir)?;
+    let recovery_text = state.recovery_recipient.as_deref().with_context(|| {
+        format!(
+            "the fleet has no recovery key configured on the server (no recovery_recipient in \
+             {}): set [backups] recovery_recipient in the server's configuration, then enroll \
+             the terminal again",
+            a.state_dir.join("agent.json").display()
+        )
+    })?;
+    let recovery = recovery_text
+        .trim()
+        .parse::<otter_keys::age::x25519::Recipient>()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the recovery key in {} is not an age X25519 recipient: {e}",
+                a.state_dir.join("agent.json").display()
+            )
+        })?;
+    let keys = BackupKeys {
+        signing: &identity.signing,
+        chunk_key: &identity.chunk,
+        recipients: BackupRecipients {
+            recovery,
+            terminal: Some(identity.backup.to_public()),
+        },
+    };
+    let mut config = BackupConfig::new(&a.database, &a.state_dir, &state.device_id);
+    config.pack_target_size = a.pack_size;
+    let known = BackupState::new(&a.state_dir, &state.device_id)
+        .load()?
+        .head
+        .map_or(0, |h| h.sequence);
+    let store = HttpBackupStore::new(
+        &state.server_url,
+        &state.device_id,
+        &identity.signing,
+        known,
+    )?;
+    let report = run_backup(&config, &keys, &store)?;
+    println!(
+        "backup #{} of device {}: {} pages, {} new chunks, {} bytes shipped ({} in {} new packs, {} of manifest)",
+        report.sequence,
+        state.device_id,
+        report.pages,
+        report.new_chunks,
+        report.pack_bytes + report.manifest_bytes,
+        report.pack_bytes,
+        report.new_packs,
+        report.manifest_bytes
+    );
+    match store.last_receipt() {
+        Some(r) => {
+            anyhow::ensure!(
+                r.header_hash == report.header_hash && r.sequence == report.sequence,
+                "the server's receipt names header {} (#{}), not the backup's {} (#{})",
+                r.header_hash,
+                r.sequence,
+                report.header_hash,
+                report.sequence
+            );
+            println!(
+                "countersigned by the server: header {} (sequence {})",
+                r.header_hash, r.sequence
+            );
+        }
+        None => println!("header {} (no receipt from the server)", report.header_hash),
+    }
+    Ok(())
 }
 
 fn enroll(a: EnrollArgs) -> Result<()> {
@@ -219,6 +320,7 @@ fn main() -> ExitCode {
         Command::Tuf(a) => tuf(a),
         Command::Enroll(a) => enroll(a),
         Command::Report(a) => report(a),
+        Command::Backup(a) => backup(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

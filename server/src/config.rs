@@ -108,6 +108,9 @@ pub struct BackupsConfig {
     pub max_pack_bytes: u64,
     /// Largest serialized backup manifest accepted, in bytes; larger ones get 413.
     pub max_manifest_bytes: u64,
+    /// The fleet's offline recovery key (an age X25519 recipient, `age1...`), given to
+    /// terminals at enrollment so that every backup can be opened by it; `None` when unset.
+    pub recovery_recipient: Option<String>,
 }
 
 /// Hard ceiling of [`BackupsConfig::max_manifest_bytes`]: a manifest is held in memory.
@@ -118,6 +121,7 @@ impl Default for BackupsConfig {
         BackupsConfig {
             max_pack_bytes: 64 * 1024 * 1024,
             max_manifest_bytes: 32 * 1024 * 1024,
+            recovery_recipient: None,
         }
     }
 }
@@ -251,6 +255,17 @@ impl Config {
                  {MAX_MANIFEST_BYTES_CEILING} (a manifest is checked in memory)"
             )));
         }
+        if let Some(r) = &b.recovery_recipient {
+            if r.trim()
+                .parse::<otter_keys::age::x25519::Recipient>()
+                .is_err()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "backups.recovery_recipient = {r:?}: not an age X25519 recipient \
+                     (age1...); give the public half of the fleet's recovery key"
+                )));
+            }
+        }
         if self.workers == Some(0) {
             return Err(ConfigError::Invalid("workers = 0: give at least 1".into()));
         }
@@ -314,6 +329,27 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.repository.timestamp_expiry_secs, 3600);
         assert_eq!(c.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn the_recovery_recipient_must_be_an_age_x25519_recipient() {
+        let recipient = otter_keys::age::x25519::Identity::generate()
+            .to_public()
+            .to_string();
+        let c = Config::from_toml(
+            &format!("[backups]\nrecovery_recipient = \"{recipient}\"\n"),
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.backups.recovery_recipient.as_deref(),
+            Some(recipient.as_str())
+        );
+        c.validate().unwrap();
+        let mut bad = c.clone();
+        bad.backups.recovery_recipient = Some("age1notakey".into());
+        let err = bad.validate().unwrap_err();
+        assert!(err.to_string().contains("recovery_recipient"), "{err}");
     }
 
     #[test]

@@ -39,6 +39,8 @@ fn a_token_enrolls_one_device_into_its_group_once() {
             v["targets_url"].as_str().unwrap(),
             srv.url("/repo/targets/")
         );
+        // No `[backups] recovery_recipient` in this server's configuration.
+        assert!(v["recovery_recipient"].is_null(), "{v}");
 
         // The same token again, with another key: refused, nothing changes.
         let (s, v) = post_enroll(

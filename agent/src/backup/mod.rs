@@ -3,6 +3,7 @@
 //! - [`snapshot`]: a consistent copy of the live database with one online-backup step.
 //! - [`pages`]: page-by-page reading, per-page zstd, file hashes, row counts and checks.
 //! - [`store`]: the [`BackupStore`] trait and its local-directory implementation.
+//! - [`http`]: [`HttpBackupStore`], the store of the server the terminal enrolled with.
 //! - [`index`]: the agent's local state: chunks already stored, the chain head, pending packs.
 //! - [`engine`]: [`run_backup`]: snapshot → pages → packs → signed, chained manifest.
 //! - [`restore`](mod@restore): [`restore`](restore::restore()): chain and signature checks, every pack and
@@ -11,6 +12,7 @@
 //! Everything is blocking: the agent is synchronous.
 
 pub mod engine;
+pub mod http;
 pub mod index;
 pub mod pages;
 pub mod restore;
@@ -24,6 +26,7 @@ use otter_keys::crypto::SigningKey;
 use otter_keys::envelope::ChunkKey;
 
 pub use engine::{run_backup, BackupError, BackupReport};
+pub use http::{HttpBackupStore, ManifestReceipt};
 pub use restore::{restore, RestoreError, RestoreOptions, RestoreReport, Selector};
 pub use store::{BackupStore, LocalDirStore, StoreError};
 

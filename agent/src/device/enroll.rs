@@ -45,6 +45,10 @@ pub struct AgentState {
     pub group: Option<String>,
     /// Enrollment time, Unix seconds (server clock).
     pub enrolled_at: i64,
+    /// The fleet's backup recovery key (`age1...`) as the server gave it at enrollment;
+    /// `None` when the server had none configured (older state files lack the field).
+    #[serde(default)]
+    pub recovery_recipient: Option<String>,
 }
 
 impl AgentState {
@@ -193,6 +197,10 @@ pub fn enroll(opts: &EnrollOptions, now: UtcTime) -> Result<AgentState, DeviceEr
             .get("enrolled_at")
             .and_then(Value::as_i64)
             .unwrap_or_else(|| now.unix()),
+        recovery_recipient: answer
+            .get("recovery_recipient")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     };
     state.save(dir)?;
     Ok(state)

@@ -107,7 +107,8 @@ pub async fn create_token(
 
 /// `POST /api/v1/enroll` (no API token; the enrollment token is in the body): registers the
 /// device and answers 201 with `{device_id, group, hardware_model, enrolled_at,
-/// metadata_url, targets_url}`.
+/// metadata_url, targets_url, recovery_recipient}` (`recovery_recipient` is the fleet's
+/// backup recovery key, `null` when `[backups] recovery_recipient` is unset).
 #[tracing::instrument(skip_all)]
 pub async fn enroll(
     req: HttpRequest,
@@ -147,6 +148,7 @@ pub async fn enroll(
             "enrolled_at": enrolled.enrolled_at,
             "metadata_url": format!("{base}/repo/metadata/"),
             "targets_url": format!("{base}/repo/targets/"),
+            "recovery_recipient": state.backups.recovery_recipient.as_deref().map(str::trim),
         })))
 }
 

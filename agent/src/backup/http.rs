@@ -1,0 +1,241 @@
+//! [`HttpBackupStore`]: the [`BackupStore`] of the server the terminal enrolled with, over
+//! signed device requests ([`otter_keys::request`]).
+//!
+//! - `HEAD /api/v1/device/backups/packs/{id}`: whether a pack is stored (200) or not (404);
+//! - `PUT /api/v1/device/backups/packs/{id}`: the pack's ciphertext. The signed
+//!   `Content-Digest` is the body's SHA-256, which is the pack id: the server checks it
+//!   before reading the body;
+//! - `POST /api/v1/device/backups/manifests`: the serialized signed manifest; the server
+//!   answers with its countersignature ([`HttpBackupStore::last_receipt`]).
+//!
+//! The server has no device endpoint that lists or returns manifests or packs yet:
+//! [`BackupStore::get_pack`] and [`BackupStore::get_manifest`] fail with a clear
+//! [`StoreError::Remote`], and [`BackupStore::list_manifests`] answers from the sequence the
+//! local index already holds (given to [`HttpBackupStore::new`]). The server enforces the
+//! chain itself: a manifest that does not follow the device's last one is refused (409).
+
+use std::cell::RefCell;
+use std::io::Read;
+use std::time::Duration;
+
+use otter_keys::crypto::SigningKey;
+use otter_keys::envelope::PackId;
+use otter_keys::request::sign_request;
+use serde_json::Value;
+
+use super::store::{BackupStore, StoreError};
+
+/// Largest answer body read.
+const MAX_ANSWER: u64 = 1024 * 1024;
+
+/// The server's answer to an accepted manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestReceipt {
+    /// Hex SHA-256 of the manifest's canonical header, as the server computed it.
+    pub header_hash: String,
+    /// The server's countersignature of the header.
+    pub countersignature: String,
+    /// The sequence number the server recorded.
+    pub sequence: u64,
+    /// The whole JSON answer.
+    pub answer: Value,
+}
+
+/// A [`BackupStore`] on `otter-server`, for one enrolled device.
+pub struct HttpBackupStore<'a> {
+    base: String,
+    device_id: String,
+    key: &'a SigningKey,
+    known_sequence: u64,
+    http: reqwest::blocking::Client,
+    receipt: RefCell<Option<ManifestReceipt>>,
+}
+
+impl std::fmt::Debug for HttpBackupStore<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpBackupStore")
+            .field("base", &self.base)
+            .field("device_id", &self.device_id)
+            .field("known_sequence", &self.known_sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> HttpBackupStore<'a> {
+    /// A store on the server at `base_url` (normalised, e.g. from `agent.json`) for device
+    /// `device_id`, whose requests `key` signs. `known_sequence` is the newest manifest
+    /// sequence the local index holds (0 for none): [`BackupStore::list_manifests`] answers
+    /// `1..=known_sequence`.
+    pub fn new(
+        base_url: &str,
+        device_id: &str,
+        key: &'a SigningKey,
+        known_sequence: u64,
+    ) -> Result<Self, StoreError> {
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(300))
+            .user_agent(concat!("otter-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| StoreError::Remote(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(HttpBackupStore {
+            base: base_url.trim_end_matches('/').to_owned(),
+            device_id: device_id.to_owned(),
+            key,
+            known_sequence,
+            http,
+            receipt: RefCell::new(None),
+        })
+    }
+
+    /// The server's receipt for the last manifest this store sent, if any.
+    pub fn last_receipt(&self) -> Option<ManifestReceipt> {
+        self.receipt.borrow().clone()
+    }
+
+    /// Sends one signed request; returns the status and the (capped) body.
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>), StoreError> {
+        let url = format!("{}{}", self.base, path);
+        let now = otter_keys::time::UtcTime::now().unix();
+        let headers = sign_request(self.key, &self.device_id, method.as_str(), path, body, now)
+            .map_err(|e| StoreError::Remote(format!("cannot sign the request: {e}")))?;
+        let mut req = self.http.request(method, &url);
+        for (name, value) in headers.pairs() {
+            req = req.header(name, value);
+        }
+        if !body.is_empty() {
+            req = req
+                .header("Content-Type", "application/octet-stream")
+                .body(body.to_vec());
+        }
+        let resp = req
+            .send()
+            .map_err(|e| StoreError::Remote(format!("{url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let mut raw = Vec::new();
+        resp.take(MAX_ANSWER + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| StoreError::Remote(format!("{url}: reading the answer: {e}")))?;
+        if raw.len() as u64 > MAX_ANSWER {
+            return Err(StoreError::Remote(format!(
+                "{url}: the answer is larger than {MAX_ANSWER} bytes"
+            )));
+        }
+        Ok((status, raw))
+    }
+}
+
+/// The server's JSON error as text: `HTTP 409 backup_chain_broken: ...`.
+fn refusal(what: &str, status: u16, raw: &[u8]) -> StoreError {
+    let json: Option<Value> = serde_json::from_slice(raw).ok();
+    let err = json.as_ref().and_then(|v| v.get("error"));
+    let text = |k: &str| {
+        err.and_then(|e| e.get(k))
+            .and_then(Value::as_str)
+            .map(|s| s.chars().take(512).collect::<String>())
+    };
+    StoreError::Remote(format!(
+        "the server refused {what} (HTTP {status}, {}): {}",
+        text("code").unwrap_or_else(|| "unknown".into()),
+        text("message").unwrap_or_else(|| "no error message".into())
+    ))
+}
+
+fn error_code(raw: &[u8]) -> Option<String> {
+    let json: Value = serde_json::from_slice(raw).ok()?;
+    json.get("error")?.get("code")?.as_str().map(str::to_owned)
+}
+
+fn not_supported(what: &str) -> StoreError {
+    StoreError::Remote(format!(
+        "{what} is not supported over HTTP yet: the server has no device endpoint for it"
+    ))
+}
+
+impl BackupStore for HttpBackupStore<'_> {
+    fn put_pack(&self, id: &PackId, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = format!("/api/v1/device/backups/packs/{id}");
+        let (status, raw) = self.send(reqwest::Method::PUT, &path, bytes)?;
+        match status {
+            200 | 201 => Ok(()),
+            _ => Err(refusal(&format!("pack {id}"), status, &raw)),
+        }
+    }
+
+    fn has_pack(&self, id: &PackId) -> Result<bool, StoreError> {
+        let path = format!("/api/v1/device/backups/packs/{id}");
+        let (status, raw) = self.send(reqwest::Method::HEAD, &path, &[])?;
+        match status {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(refusal(&format!("the check of pack {id}"), status, &raw)),
+        }
+    }
+
+    fn get_pack(&self, id: &PackId, _max_len: u64) -> Result<Vec<u8>, StoreError> {
+        Err(not_supported(&format!("reading pack {id}")))
+    }
+
+    fn put_manifest(&self, device: &str, sequence: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        if device != self.device_id {
+            return Err(StoreError::BadDevice {
+                device: device.chars().take(64).collect(),
+                reason: "this store sends only its own device's manifests",
+            });
+        }
+        let what = format!("manifest #{sequence} of device {device:?}");
+        let (status, raw) = self.send(
+            reqwest::Method::POST,
+            "/api/v1/device/backups/manifests",
+            bytes,
+        )?;
+        match status {
+            200 | 201 => {
+                let answer: Value = serde_json::from_slice(&raw).map_err(|e| {
+                    StoreError::Remote(format!("the receipt of {what} is not JSON: {e}"))
+                })?;
+                let text = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_owned);
+                let receipt = ManifestReceipt {
+                    header_hash: text("header_hash").unwrap_or_default(),
+                    countersignature: text("countersignature").unwrap_or_default(),
+                    sequence: answer
+                        .get("sequence")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(sequence),
+                    answer,
+                };
+                *self.receipt.borrow_mut() = Some(receipt);
+                Ok(())
+            }
+            409 if error_code(&raw).as_deref() == Some("backup_sequence_conflict") => {
+                Err(StoreError::AlreadyExists { what })
+            }
+            _ => Err(refusal(&what, status, &raw)),
+        }
+    }
+
+    fn get_manifest(
+        &self,
+        device: &str,
+        sequence: u64,
+        _max_len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        Err(not_supported(&format!(
+            "reading manifest #{sequence} of device {device:?}"
+        )))
+    }
+
+    fn list_manifests(&self, device: &str) -> Result<Vec<u64>, StoreError> {
+        if device != self.device_id {
+            return Err(not_supported(&format!(
+                "listing the manifests of another device ({device:?})"
+            )));
+        }
+        Ok((1..=self.known_sequence).collect())
+    }
+}

@@ -1,0 +1,283 @@
+//! End to end, with the real binaries on loopback: `otter-server serve` with a
+//! `[backups] recovery_recipient` (an age identity made by the test), a terminal enrolled
+//! with `otter-agent enroll`, then `otter-agent backup` of a small SQLite database twice
+//! (the second after changing some rows). `otter-server backups list --json` shows both
+//! backups, the second shipping fewer new bytes than the first, and the recovery identity
+//! opens the stored manifest's body. The server is stopped with SIGTERM in all cases.
+//!
+//! The binaries are taken from the target dir next to this test executable: build them
+//! first (`cargo build --workspace`; `cargo test --workspace` does).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A binary of the workspace, from the target dir (`target/debug/deps/THIS` -> `target/debug`).
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+fn command(name: &str) -> Command {
+    let mut c = Command::new(bin(name));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OTTER_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "{}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The server process; SIGTERM on drop, SIGKILL if it does not stop within 10 s.
+struct ServerGuard {
+    child: Option<Child>,
+    url: String,
+}
+
+impl ServerGuard {
+    fn start(data: &Path, config: &Path, log: &Path) -> ServerGuard {
+        let mut child = command("otter-server")
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut guard = ServerGuard {
+            child: Some(child),
+            url: String::new(),
+        };
+        let (tx, rx) = mpsc::channel();
+        // Keep draining stdout so the server can never block on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        guard.url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the server did not say where it listens; its log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            });
+        assert!(guard.url.starts_with("http://127.0.0.1:"), "{}", guard.url);
+        guard
+    }
+
+    /// Sends SIGTERM and waits for the exit; SIGKILL after 10 s.
+    fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs python3's sqlite3 on `db` with `script` (SQL).
+fn sql(db: &Path, script: &str) {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             c.executescript(sys.argv[2])\n\
+             c.commit()\n\
+             c.close()",
+        ])
+        .arg(db)
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+}
+
+fn backup(state: &Path, db: &Path) -> Output {
+    command("otter-agent")
+        .args(["backup", "--pack-size", "65536", "--state-dir"])
+        .arg(state)
+        .arg("--database")
+        .arg(db)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_enrolled_terminal_backs_up_to_the_server_and_the_recovery_key_opens_it() {
+    use otter_keys::age::x25519::Identity;
+    use otter_keys::envelope::SignedManifest;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server-data");
+    let recovery = Identity::generate();
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backups]\nrecovery_recipient = \"{}\"\n",
+            recovery.to_public()
+        ),
+    )
+    .unwrap();
+    let mut server = ServerGuard::start(&data, &config, &tmp.path().join("server.log"));
+
+    let out = command("otter-server")
+        .args(["enroll-token", "create", "--expires-in", "1h", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let root_file = tmp.path().join("image-root.json");
+    std::fs::copy(data.join("store/repo/metadata/1.root.json"), &root_file).unwrap();
+
+    let state = tmp.path().join("terminal/state");
+    let out = command("otter-agent")
+        .args(["enroll", "--server", &server.url, "--model", "pos-a"])
+        .env("OTTER_ENROLL_TOKEN", &token)
+        .arg("--trusted-root")
+        .arg(&root_file)
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let agent: Value =
+        serde_json::from_slice(&std::fs::read(state.join("agent.json")).unwrap()).unwrap();
+    let device_id = agent["device_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        agent["recovery_recipient"],
+        recovery.to_public().to_string().as_str()
+    );
+
+    // A small till database: 2000 sales.
+    let db = tmp.path().join("terminal/pos.db");
+    sql(
+        &db,
+        "CREATE TABLE sales (id INTEGER PRIMARY KEY, item TEXT NOT NULL, cents INTEGER NOT NULL);\n\
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)\n\
+         INSERT INTO sales (id, item, cents)\n\
+         SELECT i, 'item-' || i || '-' || hex(randomblob(40)), i * 7 FROM n;",
+    );
+
+    let out = backup(&state, &db);
+    assert!(out.status.success(), "{}", show(&out));
+    let first = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(first.contains("backup #1"), "{first}");
+    assert!(first.contains("countersigned"), "{first}");
+
+    sql(
+        &db,
+        "UPDATE sales SET cents = cents + 1 WHERE id % 500 = 0;",
+    );
+    let out = backup(&state, &db);
+    assert!(out.status.success(), "{}", show(&out));
+    let second = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(second.contains("backup #2"), "{second}");
+    eprintln!("{first}{second}");
+
+    let out = command("otter-server")
+        .args([
+            "backups",
+            "list",
+            "--json",
+            "--device",
+            &device_id,
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backups = list.as_array().unwrap();
+    let seqs: Vec<u64> = backups
+        .iter()
+        .map(|b| b["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2], "{list}");
+    let new_bytes = |i: usize| backups[i]["new_pack_bytes"].as_u64().unwrap();
+    assert!(new_bytes(0) > 0, "{list}");
+    assert!(
+        new_bytes(1) < new_bytes(0),
+        "the second backup ships only changed pages: {list}"
+    );
+
+    // The recovery identity opens the stored manifest of either backup.
+    for seq in [1u64, 2] {
+        let path = data.join(format!("store/backups/{device_id}/manifests/{seq:020}"));
+        let bytes = std::fs::read(&path).unwrap();
+        let manifest = SignedManifest::from_bytes(&bytes, 256 * 1024 * 1024).unwrap();
+        assert_eq!(manifest.header.sequence, seq);
+        let body = manifest.open_body(&recovery, 256 * 1024 * 1024).unwrap();
+        assert_eq!(body.row_counts.get("sales").copied(), Some(2000));
+        assert!(body.page_count > 1);
+    }
+
+    // A state file without a recovery key (enrolled while the server had none, or written
+    // by an older agent) still loads, and the backup is refused with a clear message.
+    let mut agent = agent;
+    agent.as_object_mut().unwrap().remove("recovery_recipient");
+    std::fs::write(state.join("agent.json"), agent.to_string()).unwrap();
+    let out = backup(&state, &db);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("the fleet has no recovery key configured on the server"),
+        "{}",
+        show(&out)
+    );
+
+    let status = server.stop().expect("the server stops on SIGTERM");
+    assert!(
+        status.success(),
+        "the server exits cleanly on SIGTERM: {status}"
+    );
+}
