@@ -9,117 +9,14 @@
 //! first (`cargo build --workspace`; `cargo test --workspace` does).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{command, show, ServerGuard};
 
 use serde_json::Value;
-
-/// A binary of the workspace, from the target dir (`target/debug/deps/THIS` -> `target/debug`).
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
-}
-
-fn command(name: &str) -> Command {
-    let mut c = Command::new(bin(name));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTTER_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The server process; SIGTERM on drop, SIGKILL if it does not stop within 10 s.
-struct ServerGuard {
-    child: Option<Child>,
-    url: String,
-}
-
-impl ServerGuard {
-    fn start(data: &Path, config: &Path, log: &Path) -> ServerGuard {
-        let mut child = command("otter-server")
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(config)
-            .arg("--data-dir")
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut guard = ServerGuard {
-            child: Some(child),
-            url: String::new(),
-        };
-        let (tx, rx) = mpsc::channel();
-        // Keep draining stdout so the server can never block on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        guard.url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the server did not say where it listens; its log:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                )
-            });
-        assert!(guard.url.starts_with("http://127.0.0.1:"), "{}", guard.url);
-        guard
-    }
-
-    /// Sends SIGTERM and waits for the exit; SIGKILL after 10 s.
-    fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Runs python3's sqlite3 on `db` with `script` (SQL).
 fn sql(db: &Path, script: &str) {
@@ -166,7 +63,11 @@ fn an_enrolled_terminal_backs_up_to_the_server_and_the_recovery_key_opens_it() {
         ),
     )
     .unwrap();
-    let mut server = ServerGuard::start(&data, &config, &tmp.path().join("server.log"));
+    let mut server = ServerGuard::start(
+        &data,
+        &["--config".as_ref(), config.as_os_str()],
+        &tmp.path().join("server.log"),
+    );
 
     let out = command("otter-server")
         .args(["enroll-token", "create", "--expires-in", "1h", "--data-dir"])
