@@ -21,23 +21,21 @@
 //! `backup_signature_invalid`, `backup_chain_broken` (409), `backup_sequence_conflict`
 //! (409), `backup_pack_missing` (422).
 
-use std::io::Write;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use actix_web::http::{header, StatusCode};
-use actix_web::web::{self, Bytes};
+use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use otter_keys::envelope::{PackId, SignedManifest};
 use otter_keys::request::base64_encode;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::auth::{Auth, ReadBackups};
 use super::device_auth::{authenticate_before_body, SignedDevice};
 use super::error::ApiError;
+use super::upload::{declared_length, spool_body};
 use super::AppState;
 use crate::backups::{
     check_received, insert_manifest, list_manifests, manifest_key, pack_key, pack_length,
@@ -87,39 +85,6 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-/// A pack spooled to disk, with its length and SHA-256.
-struct Spooled {
-    file: tempfile::NamedTempFile,
-    length: u64,
-    sha256: [u8; 32],
-}
-
-fn spool(
-    dir: std::path::PathBuf,
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> std::io::Result<Spooled> {
-    crate::store::create_dir_private(&dir)?;
-    let mut file = tempfile::Builder::new()
-        .prefix("pack-")
-        .suffix(".part")
-        .tempfile_in(&dir)?;
-    let (mut hasher, mut length) = (Sha256::new(), 0u64);
-    {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file.as_file_mut());
-        while let Some(chunk) = rx.blocking_recv() {
-            hasher.update(&chunk);
-            length += chunk.len() as u64;
-            w.write_all(&chunk)?;
-        }
-        w.flush()?;
-    }
-    Ok(Spooled {
-        file,
-        length,
-        sha256: hasher.finalize().into(),
-    })
-}
-
 /// `PUT /api/v1/device/backups/packs/{pack_id}` (signed by the device).
 #[tracing::instrument(skip_all)]
 pub async fn put_pack(
@@ -132,47 +97,25 @@ pub async fn put_pack(
     let digest = format!("sha-256=:{}:", base64_encode(pack.as_bytes()));
     let device = authenticate_before_body(&req, &digest).await?;
     let cap = state.backups.max_pack_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > cap) {
+    if declared_length(&req).is_some_and(|n| n > cap) {
         return Err(too_large(cap));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let dir = state.upload_dir.clone();
-    let writer = tokio::task::spawn_blocking(move || spool(dir, rx));
-    let (mut received, mut failure) = (0u64, None);
-    while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                failure = Some(ApiError::bad_request(
-                    "upload_incomplete",
-                    format!("the upload broke off: {e}"),
-                ));
-                break;
-            }
-        };
-        received = received.saturating_add(chunk.len() as u64);
-        if received > cap {
-            failure = Some(too_large(cap));
-            break;
+    let spooled = match spool_body(
+        &mut body,
+        state.upload_dir.clone(),
+        "pack-",
+        cap,
+        too_large,
+        "spooling a pack",
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(f) => {
+            tracing::warn!(device, %pack, code = f.code(), "pack refused");
+            return Err(f);
         }
-        if tx.send(chunk).await.is_err() {
-            break;
-        }
-    }
-    drop(tx);
-    let spooled = writer
-        .await
-        .map_err(|e| ApiError::internal("spooling a pack", &e))?;
-    if let Some(f) = failure {
-        tracing::warn!(device, %pack, code = f.code(), "pack refused");
-        return Err(f);
-    }
-    let spooled = spooled.map_err(|e| ApiError::internal("spooling a pack", &e))?;
+    };
     if spooled.length == 0 {
         return Err(ApiError::bad_request(
             "backup_pack_empty",

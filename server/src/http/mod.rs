@@ -11,6 +11,7 @@ pub mod fleet_api;
 pub mod health;
 pub mod releases;
 pub mod tokens_api;
+pub mod upload;
 
 use std::sync::Arc;
 use std::time::Instant;

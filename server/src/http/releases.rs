@@ -3,18 +3,16 @@
 //! with 413 as soon as it passes the configured cap.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
 use actix_web::http::{header, StatusCode};
-use actix_web::web::{self, Bytes};
+use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256, Sha512};
 
 use super::auth::{Auth, Publish, ReadReleases};
 use super::error::ApiError;
+use super::upload::{declared_length, spool_body};
 use super::AppState;
 use crate::bundle::{self, manifest::is_label, BundleError, Limits};
 use crate::repo::release::NewRelease;
@@ -47,45 +45,6 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-/// What the spooling thread hands back.
-struct Spooled {
-    file: tempfile::NamedTempFile,
-    length: u64,
-    hashes: BTreeMap<String, String>,
-}
-
-/// Writes chunks to a temporary file on a blocking thread, hashing as it goes.
-fn spool(
-    dir: std::path::PathBuf,
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> std::io::Result<Spooled> {
-    crate::store::create_dir_private(&dir)?;
-    let mut file = tempfile::Builder::new()
-        .prefix("upload-")
-        .suffix(".part")
-        .tempfile_in(&dir)?;
-    let (mut s256, mut s512, mut length) = (Sha256::new(), Sha512::new(), 0u64);
-    {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file.as_file_mut());
-        while let Some(chunk) = rx.blocking_recv() {
-            s256.update(&chunk);
-            s512.update(&chunk);
-            length += chunk.len() as u64;
-            w.write_all(&chunk)?;
-        }
-        w.flush()?;
-    }
-    let hashes = BTreeMap::from([
-        ("sha256".to_string(), hex::encode(s256.finalize())),
-        ("sha512".to_string(), hex::encode(s512.finalize())),
-    ]);
-    Ok(Spooled {
-        file,
-        length,
-        hashes,
-    })
-}
-
 /// `POST /api/v1/releases[?channel=C]` (admin, publisher): the body is the bundle. 201 with
 /// the release and the new metadata versions.
 #[tracing::instrument(skip_all, fields(caller = auth.caller.id))]
@@ -113,48 +72,19 @@ pub async fn publish(
             "a channel name is 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'",
         ));
     }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(&req);
     if declared.is_some_and(|n| n > limits.max_upload_bytes) {
         return Err(too_large(limits.max_upload_bytes));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let dir = state.upload_dir.clone();
-    let writer = tokio::task::spawn_blocking(move || spool(dir, rx));
-    let mut received = 0u64;
-    let mut failure = None;
-    while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                failure = Some(ApiError::bad_request(
-                    "upload_incomplete",
-                    format!("the upload broke off: {e}"),
-                ));
-                break;
-            }
-        };
-        received = received.saturating_add(chunk.len() as u64);
-        if received > limits.max_upload_bytes {
-            failure = Some(too_large(limits.max_upload_bytes));
-            break;
-        }
-        if tx.send(chunk).await.is_err() {
-            break;
-        }
-    }
-    drop(tx);
-    let spooled = writer
-        .await
-        .map_err(|e| ApiError::internal("spooling the upload", &e))?;
-    if let Some(f) = failure {
-        // The temporary file is removed when `spooled` drops.
-        return Err(f);
-    }
-    let spooled = spooled.map_err(|e| ApiError::internal("spooling the upload", &e))?;
+    let spooled = spool_body(
+        &mut body,
+        state.upload_dir.clone(),
+        "upload-",
+        limits.max_upload_bytes,
+        too_large,
+        "spooling the upload",
+    )
+    .await?;
     if declared.is_some_and(|n| n != spooled.length) {
         return Err(ApiError::bad_request(
             "upload_incomplete",
@@ -179,7 +109,10 @@ pub async fn publish(
             bundle,
             file: spooled.file.path().to_path_buf(),
             length: spooled.length,
-            hashes: spooled.hashes.clone(),
+            hashes: BTreeMap::from([
+                ("sha256".to_string(), hex::encode(spooled.sha256)),
+                ("sha512".to_string(), hex::encode(spooled.sha512)),
+            ]),
             channel,
             published_by: auth.caller.id,
         })
