@@ -96,7 +96,6 @@ struct BackupArgs {
 }
 
 fn backup(a: BackupArgs) -> Result<()> {
-    use otter_agent::backup::index::BackupState;
     use otter_agent::backup::{
         run_backup, BackupConfig, BackupKeys, BackupRecipients, HttpBackupStore,
     };
@@ -134,16 +133,7 @@ fn backup(a: BackupArgs) -> Result<()> {
     };
     let mut config = BackupConfig::new(&a.database, &a.state_dir, &state.device_id);
     config.pack_target_size = a.pack_size;
-    let known = BackupState::new(&a.state_dir, &state.device_id)
-        .load()?
-        .head
-        .map_or(0, |h| h.sequence);
-    let store = HttpBackupStore::new(
-        &state.server_url,
-        &state.device_id,
-        &identity.signing,
-        known,
-    )?;
+    let store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)?;
     let report = run_backup(&config, &keys, &store)?;
     println!(
         "backup #{} of device {}: {} pages, {} new chunks, {} bytes shipped ({} in {} new packs, {} of manifest)",

@@ -118,11 +118,27 @@ fn an_enrolled_terminal_backs_up_to_the_server_and_the_recovery_key_opens_it() {
         &db,
         "UPDATE sales SET cents = cents + 1 WHERE id % 500 = 0;",
     );
+    // Keep the local index as it was after #1, to play a run killed after the server
+    // accepted #2 but before the agent recorded it.
+    let index = state.join("backup/index.json");
+    let index_after_first = std::fs::read(&index).unwrap();
     let out = backup(&state, &db);
     assert!(out.status.success(), "{}", show(&out));
     let second = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(second.contains("backup #2"), "{second}");
     eprintln!("{first}{second}");
+
+    // The agent that lost #2 from its index reads #2 back from the server (its own signature
+    // checked) and continues the chain with #3 instead of being refused forever.
+    std::fs::write(&index, &index_after_first).unwrap();
+    sql(
+        &db,
+        "UPDATE sales SET cents = cents + 1 WHERE id % 700 = 0;",
+    );
+    let out = backup(&state, &db);
+    assert!(out.status.success(), "{}", show(&out));
+    let third = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(third.contains("backup #3"), "{third}");
 
     let out = command("otter-server")
         .args([
@@ -143,7 +159,7 @@ fn an_enrolled_terminal_backs_up_to_the_server_and_the_recovery_key_opens_it() {
         .iter()
         .map(|b| b["sequence"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, vec![1, 2], "{list}");
+    assert_eq!(seqs, vec![1, 2, 3], "{list}");
     let new_bytes = |i: usize| backups[i]["new_pack_bytes"].as_u64().unwrap();
     assert!(new_bytes(0) > 0, "{list}");
     assert!(
@@ -151,8 +167,8 @@ fn an_enrolled_terminal_backs_up_to_the_server_and_the_recovery_key_opens_it() {
         "the second backup ships only changed pages: {list}"
     );
 
-    // The recovery identity opens the stored manifest of either backup.
-    for seq in [1u64, 2] {
+    // The recovery identity opens the stored manifest of every backup.
+    for seq in [1u64, 2, 3] {
         let path = data.join(format!("store/backups/{device_id}/manifests/{seq:020}"));
         let bytes = std::fs::read(&path).unwrap();
         let manifest = SignedManifest::from_bytes(&bytes, 256 * 1024 * 1024).unwrap();

@@ -6,13 +6,14 @@
 //!   `Content-Digest` is the body's SHA-256, which is the pack id: the server checks it
 //!   before reading the body;
 //! - `POST /api/v1/device/backups/manifests`: the serialized signed manifest; the server
-//!   answers with its countersignature ([`HttpBackupStore::last_receipt`]).
+//!   answers with its countersignature ([`HttpBackupStore::last_receipt`]);
+//! - `GET /api/v1/device/backups/manifests[/{sequence}]`: the device's own catalogued
+//!   sequences, and one manifest's bytes — so a run killed after the server accepted its
+//!   manifest, but before the local index was updated, picks the chain up again.
 //!
-//! The server has no device endpoint that lists or returns manifests or packs yet:
-//! [`BackupStore::get_pack`] and [`BackupStore::get_manifest`] fail with a clear
-//! [`StoreError::Remote`], and [`BackupStore::list_manifests`] answers from the sequence the
-//! local index already holds (given to [`HttpBackupStore::new`]). The server enforces the
-//! chain itself: a manifest that does not follow the device's last one is refused (409).
+//! The server has no device endpoint that returns packs yet: [`BackupStore::get_pack`] fails
+//! with a clear [`StoreError::Remote`]. The server enforces the chain itself: a manifest that
+//! does not follow the device's last one is refused (409).
 
 use std::cell::RefCell;
 use std::io::Read;
@@ -46,7 +47,6 @@ pub struct HttpBackupStore<'a> {
     base: String,
     device_id: String,
     key: &'a SigningKey,
-    known_sequence: u64,
     http: reqwest::blocking::Client,
     receipt: RefCell<Option<ManifestReceipt>>,
 }
@@ -56,22 +56,14 @@ impl std::fmt::Debug for HttpBackupStore<'_> {
         f.debug_struct("HttpBackupStore")
             .field("base", &self.base)
             .field("device_id", &self.device_id)
-            .field("known_sequence", &self.known_sequence)
             .finish_non_exhaustive()
     }
 }
 
 impl<'a> HttpBackupStore<'a> {
     /// A store on the server at `base_url` (normalised, e.g. from `agent.json`) for device
-    /// `device_id`, whose requests `key` signs. `known_sequence` is the newest manifest
-    /// sequence the local index holds (0 for none): [`BackupStore::list_manifests`] answers
-    /// `1..=known_sequence`.
-    pub fn new(
-        base_url: &str,
-        device_id: &str,
-        key: &'a SigningKey,
-        known_sequence: u64,
-    ) -> Result<Self, StoreError> {
+    /// `device_id`, whose requests `key` signs.
+    pub fn new(base_url: &str, device_id: &str, key: &'a SigningKey) -> Result<Self, StoreError> {
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(300))
@@ -82,7 +74,6 @@ impl<'a> HttpBackupStore<'a> {
             base: base_url.trim_end_matches('/').to_owned(),
             device_id: device_id.to_owned(),
             key,
-            known_sequence,
             http,
             receipt: RefCell::new(None),
         })
@@ -99,6 +90,17 @@ impl<'a> HttpBackupStore<'a> {
         method: reqwest::Method,
         path: &str,
         body: &[u8],
+    ) -> Result<(u16, Vec<u8>), StoreError> {
+        self.send_capped(method, path, body, MAX_ANSWER)
+    }
+
+    /// [`Self::send`], reading at most `cap` bytes of the answer.
+    fn send_capped(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &[u8],
+        cap: u64,
     ) -> Result<(u16, Vec<u8>), StoreError> {
         let url = format!("{}{}", self.base, path);
         let now = otter_keys::time::UtcTime::now().unix();
@@ -118,12 +120,12 @@ impl<'a> HttpBackupStore<'a> {
             .map_err(|e| StoreError::Remote(format!("{url}: {e}")))?;
         let status = resp.status().as_u16();
         let mut raw = Vec::new();
-        resp.take(MAX_ANSWER + 1)
+        resp.take(cap.saturating_add(1))
             .read_to_end(&mut raw)
             .map_err(|e| StoreError::Remote(format!("{url}: reading the answer: {e}")))?;
-        if raw.len() as u64 > MAX_ANSWER {
+        if raw.len() as u64 > cap {
             return Err(StoreError::Remote(format!(
-                "{url}: the answer is larger than {MAX_ANSWER} bytes"
+                "{url}: the answer is larger than {cap} bytes"
             )));
         }
         Ok((status, raw))
@@ -223,11 +225,23 @@ impl BackupStore for HttpBackupStore<'_> {
         &self,
         device: &str,
         sequence: u64,
-        _max_len: u64,
+        max_len: u64,
     ) -> Result<Vec<u8>, StoreError> {
-        Err(not_supported(&format!(
-            "reading manifest #{sequence} of device {device:?}"
-        )))
+        if device != self.device_id {
+            return Err(not_supported(&format!(
+                "reading the manifests of another device ({device:?})"
+            )));
+        }
+        let path = format!("/api/v1/device/backups/manifests/{sequence}");
+        let (status, raw) = self.send_capped(reqwest::Method::GET, &path, &[], max_len)?;
+        if status != 200 {
+            return Err(refusal(
+                &format!("reading manifest #{sequence}"),
+                status,
+                &raw,
+            ));
+        }
+        Ok(raw)
     }
 
     fn list_manifests(&self, device: &str) -> Result<Vec<u64>, StoreError> {
@@ -236,6 +250,19 @@ impl BackupStore for HttpBackupStore<'_> {
                 "listing the manifests of another device ({device:?})"
             )));
         }
-        Ok((1..=self.known_sequence).collect())
+        let path = "/api/v1/device/backups/manifests";
+        let (status, raw) = self.send(reqwest::Method::GET, path, &[])?;
+        if status != 200 {
+            return Err(refusal("listing this device's manifests", status, &raw));
+        }
+        let answer: Value = serde_json::from_slice(&raw)
+            .map_err(|e| StoreError::Remote(format!("{path}: the answer is not JSON: {e}")))?;
+        answer
+            .get("sequences")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+            .ok_or_else(|| {
+                StoreError::Remote(format!("{path}: no list of sequences in the answer"))
+            })
     }
 }

@@ -376,3 +376,65 @@ pub async fn show(
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({ "backup": record, "header": header })))
 }
+
+/// `GET /api/v1/device/backups/manifests` (signed by the device): the sequences of the
+/// device's own catalogued manifests, oldest first, so an agent killed after the server
+/// accepted a manifest can pick its chain up again.
+#[tracing::instrument(skip_all)]
+pub async fn own_manifests(
+    device: SignedDevice,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = device.device_id.clone();
+    let records = state
+        .db
+        .call(move |c| Ok(list_manifests(c, Some(&id))))
+        .await
+        .map_err(db_err)?
+        .map_err(backup_err)?;
+    let sequences: Vec<u64> = records.iter().map(|r| r.sequence).collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "sequences": sequences })))
+}
+
+/// `GET /api/v1/device/backups/manifests/{sequence}` (signed by the device): the stored
+/// bytes of one of the device's own manifests (another device's are never served).
+#[tracing::instrument(skip_all)]
+pub async fn own_manifest(
+    device: SignedDevice,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let sequence: u64 = path
+        .into_inner()
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_sequence", "a sequence is a whole number"))?;
+    let id = device.device_id.clone();
+    let known = state
+        .db
+        .call(move |c| Ok(show_manifest(c, &id, sequence)))
+        .await
+        .map_err(db_err)?
+        .map_err(backup_err)?;
+    if known.is_none() {
+        return Err(ApiError::not_found(format!(
+            "this device has no backup manifest #{sequence}"
+        )));
+    }
+    let bytes = state
+        .store
+        .get_bytes(&manifest_key(&device.device_id, sequence))
+        .await
+        .map_err(|e| ApiError::unavailable("the object store", &e))?
+        .ok_or_else(|| {
+            ApiError::internal(
+                "reading a catalogued manifest",
+                &std::io::Error::other("catalogued but missing from the store"),
+            )
+        })?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .content_type("application/octet-stream")
+        .body(bytes))
+}

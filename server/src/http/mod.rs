@@ -122,6 +122,16 @@ pub const API_ROUTES: &[(&str, &str, Access)] = {
         ),
         (
             "GET",
+            "/api/v1/device/backups/manifests",
+            Access::DeviceSignature,
+        ),
+        (
+            "GET",
+            "/api/v1/device/backups/manifests/{sequence}",
+            Access::DeviceSignature,
+        ),
+        (
+            "GET",
             "/api/v1/backups",
             Access::Roles(auth::ReadBackups::ROLES),
         ),
@@ -153,6 +163,12 @@ pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_by
         web::resource("/api/v1/device/backups/manifests")
             .app_data(web::PayloadConfig::default().limit(manifest_cap))
             .route(web::post().to(backups_api::post_manifest))
+            .route(web::get().to(backups_api::own_manifests))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/device/backups/manifests/{sequence}")
+            .route(web::get().to(backups_api::own_manifest))
             .default_service(web::to(error::method_not_allowed)),
     )
     .service(
