@@ -60,6 +60,7 @@
 //! sorted: updates by component name, notes by target name; the input order does not
 //! matter.
 
+use otter_keys::release::{is_component_name, is_label};
 use std::collections::{BTreeMap, BTreeSet};
 
 use otter_keys::metadata::TargetFile;
@@ -90,36 +91,7 @@ pub struct DeviceFacts {
 /// Installed components: name to installed version.
 pub type Installed = BTreeMap<String, Version>;
 
-/// What a bundle updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    /// The terminal's firmware.
-    Firmware,
-    /// A device driver.
-    Driver,
-    /// An application patch.
-    Patch,
-}
-
-impl Kind {
-    /// The signed name: `firmware`, `driver` or `patch`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Firmware => "firmware",
-            Kind::Driver => "driver",
-            Kind::Patch => "patch",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "firmware" => Some(Kind::Firmware),
-            "driver" => Some(Kind::Driver),
-            "patch" => Some(Kind::Patch),
-            _ => None,
-        }
-    }
-}
+pub use otter_keys::release::Kind;
 
 /// A rollout: the share of devices (in basis points) and the groups that get a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,28 +152,6 @@ struct RawRollout {
     groups: Vec<String>,
 }
 
-/// Whether `s` is a hardware model or channel name: `[A-Za-z0-9][A-Za-z0-9._-]*`, ≤ 64
-/// bytes (the server's rule).
-fn is_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-}
-
-/// Whether `s` is a component name: `[a-z0-9][a-z0-9._-]*`, ≤ 64 bytes (the server's rule).
-fn is_component_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
-        })
-}
-
 fn canonical_version(field: &str, s: &str) -> Result<Version, String> {
     let v =
         Version::parse(s).map_err(|e| format!("{field} {s:?} is not a semantic version: {e}"))?;
@@ -243,7 +193,7 @@ impl TargetCustom {
     pub fn parse(target: &str, custom: Option<&Value>) -> Result<TargetCustom, String> {
         let custom = custom.ok_or_else(|| "the target has no custom member".to_string())?;
         let raw = RawCustom::deserialize(custom).map_err(|e| format!("custom: {e}"))?;
-        let kind = Kind::parse(&raw.kind).ok_or_else(|| {
+        let kind = Kind::from_name(&raw.kind).ok_or_else(|| {
             format!(
                 "kind {:?} is none of firmware, driver, patch",
                 shortened(&raw.kind)

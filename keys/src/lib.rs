@@ -12,6 +12,7 @@
 //! - [`keyfile`]: passphrase-encrypted key files.
 //! - [`atomic`]: the atomic-write helper.
 //! - [`report`]: rendering errors and their causes for people.
+//! - [`release`]: the kinds and names in a release's signed `custom` fields.
 //! - [`envelope`]: the backup envelope (age recipients, keyed chunk ids, signed manifest chain).
 //! - [`request`]: the signature on device requests (method, path, time, nonce, body digest,
 //!   device and key), signed and verified as pure functions.
@@ -23,6 +24,7 @@ pub mod envelope;
 pub mod hash;
 pub mod keyfile;
 pub mod metadata;
+pub mod release;
 pub mod report;
 pub mod request;
 pub mod time;

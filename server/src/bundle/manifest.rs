@@ -7,28 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Largest `manifest.json` accepted.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
-/// What a bundle updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// The terminal's firmware.
-    Firmware,
-    /// A device driver (e.g. a card reader's).
-    Driver,
-    /// An application patch.
-    Patch,
-}
-
-impl Kind {
-    /// The name stored and signed.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Firmware => "firmware",
-            Kind::Driver => "driver",
-            Kind::Patch => "patch",
-        }
-    }
-}
+pub use otter_keys::release::Kind;
 
 /// One payload file as the manifest declares it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,26 +76,7 @@ fn shown(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-/// Whether `s` is a component name: `[a-z0-9][a-z0-9._-]*`, at most 64 bytes.
-pub fn is_component_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
-        })
-}
-
-/// Whether `s` is a hardware model or channel name: `[A-Za-z0-9][A-Za-z0-9._-]*`, ≤ 64.
-pub fn is_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-}
+pub use otter_keys::release::{is_component_name, is_label};
 
 /// Whether `p` is a safe relative path: `/`-separated components of `[A-Za-z0-9._+-]`, none
 /// empty, `.` or `..`, none starting with `-`; at most 255 bytes.
