@@ -11,6 +11,8 @@
 #     `otter-server init`: its flags exist, the passphrase credential and
 #     deploy/server.example.toml work together.
 #   - A config with a misspelt key is refused (the check above is not vacuous).
+#   - deploy/agent*.toml and the ```toml blocks of docs/agent.md pass `otter-agent config
+#     check` (the agent's own parser); an agent config with a misspelt key is refused.
 #   - deploy/server.example.toml lists every key the default config lists, and
 #     docs/configuration.md names every one of them.
 # Builds the workspace first (cargo build --workspace --locked). Prints "test-configs: ok"
@@ -71,10 +73,13 @@ check_and_stop() {
 }
 
 # The example files, and the ```toml blocks of the docs.
-configs=(server/otter-server.example.toml deploy/*.toml)
+# (The agent's config files, deploy/agent*.toml and docs/agent.md, are checked further down.)
+configs=(server/otter-server.example.toml)
+for f in deploy/*.toml; do [[ $f == deploy/agent*.toml ]] || configs+=("$f"); done
 mkdir -p "$work/docs"
 for md in docs/*.md; do
   [[ -e $md ]] || continue
+  [[ $md == docs/agent.md ]] && continue
   awk -v out="$work/docs/$(basename "$md" .md)" '
     /^```toml[[:space:]]*$/ { n++; f = out "-" n ".toml"; inside = 1; next }
     /^```/ && inside { inside = 0; close(f); next }
@@ -143,4 +148,30 @@ if [[ -e docs/configuration.md ]]; then
   done
   echo "test-configs: deploy/server.example.toml and docs/configuration.md name every config key"
 fi
+# The agent's example config and the ```toml blocks of docs/agent.md parse and validate with
+# the agent's own parser (`otter-agent config check`); a misspelt agent key is refused.
+agent="$bin/otter-agent"
+[[ -x $agent ]] || fail "no $agent after cargo build"
+agent_configs=(deploy/agent*.toml)
+if [[ -e docs/agent.md ]]; then
+  mkdir -p "$work/agent-docs"
+  awk -v out="$work/agent-docs/agent" '
+    /^```toml[[:space:]]*$/ { n++; f = out "-" n ".toml"; inside = 1; next }
+    /^```/ && inside { inside = 0; close(f); next }
+    inside { print > f }
+  ' docs/agent.md
+  for f in "$work"/agent-docs/*.toml; do [[ -e $f ]] && agent_configs+=("$f"); done
+fi
+for config in "${agent_configs[@]}"; do
+  [[ -e $config ]] || continue
+  "$agent" config check "$config" >/dev/null 2>"$work/agent-check.err" ||
+    fail "otter-agent config check ${config#"$work/agent-docs/"}: $(cat "$work/agent-check.err")"
+  echo "test-configs: ${config#"$work/agent-docs/"}: otter-agent config check ok"
+done
+printf '[update]\npoll_intervall_secs = 5\n' >"$work/bad-agent.toml"
+if "$agent" config check "$work/bad-agent.toml" >"$work/bad-agent.out" 2>&1; then
+  fail "an agent config with the unknown key 'poll_intervall_secs' was accepted"
+fi
+grep -q poll_intervall_secs "$work/bad-agent.out" || fail "the agent's refusal does not name the unknown key: $(cat "$work/bad-agent.out")"
+echo "test-configs: an agent config with an unknown key is refused"
 echo "test-configs: ok"

@@ -7,11 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use: the age tool, systemd-analyze (deploy/test-systemd.sh), curl.
+# Debian packages the tests use: the age tool, systemd-analyze (deploy/test-systemd.sh), curl,
+# chromium and chromium-driver (the console's browser test).
 need=()
 command -v age >/dev/null || need+=(age)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v curl >/dev/null || need+=(curl)
+# The console's browser test (tests/tests/console_browser.rs): headless Chromium + chromedriver.
+command -v chromedriver >/dev/null || need+=(chromium chromium-driver)
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     echo "== installing ${need[*]} (Debian packages)"

@@ -2,6 +2,8 @@
 //!
 //! - [`tuf`]: the TUF client workflow (specification section 5): trusted metadata, the
 //!   update sequence over any mirror, delegation search, verified target downloads.
+//! - [`apply`]: atomic apply of verified bundles (safe unpack, versioned dirs, symlink swap
+//!   by `rename(2)`, SQLite journal, health check, rollback, crash recovery).
 //! - [`backup`]: backups of the terminal's SQLite database (one-step snapshot, page chunks,
 //!   encrypted packs, signed manifest chain) and verified, atomic restores.
 //! - [`device`]: enrollment (identity key, backup identity, chunk key, pinned root) and
@@ -12,7 +14,13 @@
 //! Still to come (see the agent and backup issues): resumable downloads and deltas, atomic
 //! apply with health check and rollback, the daemon, and the backup/restore commands.
 
+pub mod apply;
 pub mod backup;
+pub mod config;
+pub mod daemon;
 pub mod device;
+pub mod download;
 pub mod select;
+pub mod status;
 pub mod tuf;
+pub mod update;

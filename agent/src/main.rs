@@ -3,6 +3,9 @@
 //! it (encrypted to the fleet's recovery key and the terminal's own backup key), and `tuf` is a standalone TUF client that checks any
 //! TUF repository or mirror with the agent's own client code.
 
+mod daemon_cmd;
+mod restore_cmd;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,9 +35,27 @@ enum Command {
     /// the server does not hold yet are shipped, encrypted to the fleet's recovery key and
     /// the terminal's own backup key, under a manifest signed by the device key.
     Backup(BackupArgs),
+    /// Restore the terminal's database from a backup on the server, after verifying
+    /// everything (signatures, chain, countersignatures, packs, pages, hashes, integrity,
+    /// row counts); the live database is replaced atomically or left untouched.
+    Restore(restore_cmd::RestoreArgs),
+    /// Switch a component back to its previous kept version (journaled and crash-safe like
+    /// an install); the version switched away from becomes the previous one.
+    Rollback(RollbackArgs),
     /// A standalone TUF client (the agent's own client code) for any TUF repository or
     /// mirror; follows the client CLI of the TUF conformance suite.
     Tuf(TufArgs),
+    /// One update pass: refresh the signed metadata, choose updates, download them
+    /// (resumable, verified), apply them inside the maintenance window, report.
+    Update(daemon_cmd::UpdateArgs),
+    /// The daemon: poll with jitter and backoff, apply in maintenance windows, make the
+    /// scheduled backups; stops on SIGTERM or SIGINT.
+    Run(daemon_cmd::RunArgs),
+    /// What is installed, pending and waiting, the last poll and results, recent history.
+    Status(daemon_cmd::StatusArgs),
+    /// Check or print the agent's configuration file.
+    #[command(subcommand)]
+    Config(daemon_cmd::ConfigAction),
 }
 
 /// Options of `otter-agent enroll`.
@@ -293,6 +314,35 @@ fn tuf(a: TufArgs) -> Result<()> {
     Ok(())
 }
 
+/// Options of `otter-agent rollback`.
+#[derive(clap::Args)]
+struct RollbackArgs {
+    /// The component to roll back.
+    component: String,
+    /// The install root holding `components/` and `journal.sqlite`.
+    #[arg(long, env = "OTTER_INSTALL_ROOT", value_name = "DIR")]
+    install_root: PathBuf,
+}
+
+fn rollback(a: RollbackArgs) -> Result<()> {
+    let config = otter_agent::apply::ApplyConfig::default();
+    let (mut applier, recoveries) = otter_agent::apply::Applier::open(&a.install_root, config)?;
+    for r in recoveries {
+        eprintln!(
+            "recovered {} of {} (entry {}, found {}): {}",
+            r.op, r.component, r.id, r.found_state, r.action
+        );
+    }
+    match applier.rollback(&a.component)? {
+        otter_agent::apply::Outcome::RolledBack { name, from, to, .. } => {
+            let to = to.map_or_else(|| "nothing".to_string(), |v| v.to_string());
+            println!("{name}: rolled back from {from} to {to}");
+        }
+        other => println!("{other:?}"),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Usage errors exit 1 like every other failure (the conformance suite's contract).
     let cli = match Cli::try_parse() {
@@ -311,6 +361,12 @@ fn main() -> ExitCode {
         Command::Enroll(a) => enroll(a),
         Command::Report(a) => report(a),
         Command::Backup(a) => backup(a),
+        Command::Restore(a) => restore_cmd::restore(a),
+        Command::Rollback(a) => rollback(a),
+        Command::Update(a) => daemon_cmd::update(a),
+        Command::Run(a) => daemon_cmd::run(a),
+        Command::Status(a) => daemon_cmd::status(a),
+        Command::Config(a) => daemon_cmd::config(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

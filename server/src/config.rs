@@ -80,9 +80,6 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address to listen on, `HOST:PORT` (port 0 picks a free port).
     pub listen: String,
-    /// Object store for blobs and repository files, as a URL: `file:///ABSOLUTE/PATH`.
-    /// Unset: `DATA_DIR/store`.
-    pub store_url: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// HTTP worker threads; unset: one per CPU core.
@@ -96,8 +93,37 @@ pub struct Config {
     pub repository: RepositoryConfig,
     /// Uploads of release bundles.
     pub publishing: PublishingConfig,
+    /// When rollouts halt by themselves (`[rollouts]`).
+    pub rollouts: crate::rollout::RolloutsConfig,
     /// Receiving terminals' encrypted backups.
     pub backups: BackupsConfig,
+    /// The object store for blobs, repository files and backups (`[store]`).
+    pub store: StoreConfig,
+    /// The web console's sessions (`[console]`).
+    pub console: crate::console::ConsoleConfig,
+}
+
+/// Where blobs, repository files and backups are kept (`[store]`): a local directory, or an
+/// S3 bucket (AWS or any S3-compatible service such as Garage). See `docs/storage.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `file:///ABSOLUTE/PATH` or `s3://BUCKET[/PREFIX]`; unset: `DATA_DIR/store`.
+    pub url: Option<String>,
+    /// S3 endpoint, e.g. `http://127.0.0.1:3900` (Garage); unset: AWS (or `AWS_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// S3 region (Garage: `garage`); unset: `AWS_REGION`/`AWS_DEFAULT_REGION`, else
+    /// `us-east-1`.
+    pub region: Option<String>,
+    /// Allow a plain `http://` endpoint (loopback test servers, a private network).
+    pub allow_http: bool,
+    /// Address buckets as `https://BUCKET.ENDPOINT` instead of `https://ENDPOINT/BUCKET`
+    /// (path style, what S3-compatible servers expect).
+    pub virtual_hosted_style_request: bool,
+    /// S3 access key id; unset: `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// S3 secret access key; unset: `AWS_SECRET_ACCESS_KEY`. Never logged.
+    pub secret_access_key: Option<crate::store::Secret>,
 }
 
 /// Limits on received backups.
@@ -170,14 +196,16 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./otter-data"),
             listen: "127.0.0.1:8080".into(),
-            store_url: None,
             log_format: LogFormat::Text,
             workers: None,
             shutdown_timeout_secs: 30,
             key_passphrase_file: None,
             repository: RepositoryConfig::default(),
             publishing: PublishingConfig::default(),
+            rollouts: crate::rollout::RolloutsConfig::default(),
             backups: BackupsConfig::default(),
+            store: StoreConfig::default(),
+            console: crate::console::ConsoleConfig::default(),
         }
     }
 }
@@ -266,6 +294,8 @@ impl Config {
                 )));
             }
         }
+        self.rollouts.validate().map_err(ConfigError::Invalid)?;
+        self.console.validate().map_err(ConfigError::Invalid)?;
         if self.workers == Some(0) {
             return Err(ConfigError::Invalid("workers = 0: give at least 1".into()));
         }
@@ -274,6 +304,8 @@ impl Config {
                 "listen is empty: give HOST:PORT".into(),
             ));
         }
+        crate::store::check_config(&self.store)
+            .map_err(|e| ConfigError::Invalid(format!("[store]: {e}")))?;
         Ok(())
     }
 
@@ -292,7 +324,7 @@ impl Config {
         self.data_dir.join("uploads")
     }
 
-    /// The default object store directory, used when `store_url` is unset.
+    /// The default object store directory, used when `store.url` is unset.
     pub fn default_store_dir(&self) -> PathBuf {
         self.data_dir.join("store")
     }

@@ -23,17 +23,25 @@
 //!   ranges and conditional requests, publishing endpoints, health, errors.
 //! - [`resign`]: the background re-signing task.
 //! - [`logging`]: `tracing` output as text or JSON.
+//! - [`rollout`]: rollouts (percent, groups, pause, resume, abort) and the automatic halt.
+//! - [`audit`]: the append-only, hash-chained audit log and its verification.
+//! - [`metrics`]: Prometheus counters and their text exposition.
+//! - [`console`]: the web console under `/console` (sessions, CSRF, server-rendered pages).
 
+pub mod audit;
 pub mod backups;
 pub mod bundle;
 pub mod config;
+pub mod console;
 pub mod datadir;
 pub mod db;
 pub mod fleet;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod repo;
 pub mod resign;
+pub mod rollout;
 pub mod setup;
 pub mod store;
 pub mod tokens;
@@ -91,7 +99,7 @@ impl Server {
         let lock = datadir::prepare(&config.data_dir)?;
         datadir::clear_spool(&config.upload_dir());
         let db = db::Db::open(&config.db_path()).await?;
-        let store = store::Store::open(config.store_url.as_deref(), &config.default_store_dir())?;
+        let store = store::Store::open(&config.store, &config.default_store_dir())?;
         let (repo, created) = Repository::open_or_init(&config, db.clone(), store.clone()).await?;
         let receipt_key = {
             let (config, mode) = (config.clone(), repo.mode());
@@ -170,13 +178,17 @@ impl Server {
             publishing: config.publishing.clone(),
             upload_dir: config.upload_dir(),
             backups: config.backups.clone(),
+            rollouts: config.rollouts.clone(),
             receipt_key,
             backup_lock: tokio::sync::Mutex::new(()),
         });
         let manifest_cap = config.backups.max_manifest_bytes;
+        let console_state = web::Data::new(console::ConsoleState::new(config.console.clone()));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(console_state.clone())
+                .wrap(middleware::from_fn(metrics::track))
                 .wrap(middleware::from_fn(http::log_request))
                 .configure(|c| http::configure_with_manifest_cap(c, manifest_cap))
         })

@@ -43,6 +43,13 @@ enum Command {
     /// List or show received backups, on the server host.
     #[command(subcommand)]
     Backups(cli::backups::BackupsCommand),
+    /// Show or change a release's rollout (percent, groups, pause, resume, abort), through
+    /// the API.
+    #[command(subcommand)]
+    Rollout(cli::rollout::RolloutCommand),
+    /// Verify the hash-chained audit log (on the server host) or list it (through the API).
+    #[command(subcommand)]
+    Audit(cli::audit::AuditCommand),
     /// Print an example configuration file holding every default.
     DefaultConfig,
 }
@@ -58,7 +65,8 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:8080].
     #[arg(long, env = "OTTER_LISTEN", value_name = "ADDR")]
     listen: Option<String>,
-    /// Object store URL, file:///ABSOLUTE/PATH [default: DATA_DIR/store].
+    /// Object store URL, file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX (the rest of an S3
+    /// store is set in the config file's [store]) [default: DATA_DIR/store].
     #[arg(long, env = "OTTER_STORE_URL", value_name = "URL")]
     store_url: Option<String>,
     /// Log format: text or json [default: text].
@@ -79,6 +87,8 @@ fn main() -> Result<()> {
         Command::EnrollToken(cmd) => cli::enroll_token::run(cmd),
         Command::Devices(cmd) => cli::devices::run(cmd),
         Command::Backups(cmd) => cli::backups::run(cmd),
+        Command::Rollout(cmd) => cli::rollout::run(cmd),
+        Command::Audit(cmd) => cli::audit::run(cmd),
         Command::DefaultConfig => {
             print!("{}", otter_server::config::EXAMPLE_CONFIG);
             Ok(())
@@ -93,7 +103,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     config.data_dir = args.data_dir.unwrap_or(config.data_dir);
     config.listen = args.listen.unwrap_or(config.listen);
-    config.store_url = args.store_url.or(config.store_url);
+    config.store.url = args.store_url.or(config.store.url);
     config.log_format = args.log_format.unwrap_or(config.log_format);
     config.key_passphrase_file = args.passphrase_file.or(config.key_passphrase_file);
     config.validate()?;

@@ -52,6 +52,8 @@ pub async fn init_production(
         ))
         .into());
     }
+    let store = crate::store::Store::open(&config.store, &config.default_store_dir())?;
+    crate::repo::refuse_foreign_repository(&store).await?;
     let (from, to) = (keys_dir.to_path_buf(), config.keys_dir());
     tokio::task::spawn_blocking(move || production::copy_key_files(&from, &to))
         .await
@@ -67,8 +69,6 @@ pub async fn init_production(
             return Err(e.into());
         }
     };
-    let store =
-        crate::store::Store::open(config.store_url.as_deref(), &config.default_store_dir())?;
     let (repo, _) = Repository::open_or_init(config, db, store).await?;
     let versions = repo.versions().await;
     drop(lock);

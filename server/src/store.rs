@@ -1,12 +1,22 @@
-//! Blobs and repository files, through `object_store`: built from a URL (`file://` now;
-//! `s3://` is the way to scale later), with the keys the repository uses.
+//! Blobs, repository files and backups, through `object_store`: a local directory
+//! (`file://`, the default under the data dir) or an S3 bucket (`s3://BUCKET/PREFIX` on AWS
+//! or any S3-compatible service), built from the `[store]` configuration, with the keys the
+//! repository uses. Nothing here relies on the store for immutability (S3-compatible servers
+//! such as Garage ignore create-if-absent): the database decides what may be written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::prefix::PrefixStore;
+use object_store::{
+    ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
+
+use crate::config::StoreConfig;
 
 /// Prefix of the repository's metadata files in the store.
 pub const METADATA_PREFIX: &str = "repo/metadata";
@@ -24,6 +34,9 @@ pub enum StoreError {
         /// What is wrong and what to use instead.
         reason: String,
     },
+    /// The `[store]` settings do not fit together.
+    #[error("{0}")]
+    Config(String),
     /// The store's directory could not be created.
     #[error("cannot create the object store directory {path}: {source}")]
     CreateDir {
@@ -52,26 +65,158 @@ pub enum StoreError {
     },
 }
 
+/// A secret from the configuration (the S3 secret access key): zeroized on drop, shown
+/// and serialized only as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(zeroize::Zeroizing<String>);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Secret {
+        Secret(zeroize::Zeroizing::new(value))
+    }
+
+    /// The secret itself, to hand to the S3 client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        <String as serde::Deserialize>::deserialize(d).map(Secret::new)
+    }
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// Where a store URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Location {
+    /// A local directory.
+    Dir(PathBuf),
+    /// An S3 bucket, and the key prefix under which everything goes (may be empty).
+    S3 { bucket: String, prefix: String },
+}
+
+/// Checks a `[store]` configuration without opening anything: the URL, the endpoint, and
+/// that the S3 settings are only given with an `s3://` URL.
+pub fn check_config(config: &StoreConfig) -> Result<(), StoreError> {
+    let location = match config.url.as_deref() {
+        None => None,
+        Some(u) => Some(parse_url(u)?),
+    };
+    let is_s3 = matches!(location, Some(Location::S3 { .. }));
+    let s3_only = [
+        ("endpoint", config.endpoint.is_some()),
+        ("region", config.region.is_some()),
+        ("allow_http", config.allow_http),
+        (
+            "virtual_hosted_style_request",
+            config.virtual_hosted_style_request,
+        ),
+        ("access_key_id", config.access_key_id.is_some()),
+        ("secret_access_key", config.secret_access_key.is_some()),
+    ];
+    if !is_s3 {
+        if let Some((name, _)) = s3_only.iter().find(|(_, set)| *set) {
+            return Err(StoreError::Config(format!(
+                "{name} is an S3 setting, but the store is a local directory; set \
+                 url = \"s3://BUCKET/PREFIX\" or remove {name}"
+            )));
+        }
+        return Ok(());
+    }
+    if config.access_key_id.is_some() != config.secret_access_key.is_some() {
+        return Err(StoreError::Config(
+            "give both access_key_id and secret_access_key, or neither (then the \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables are used)"
+                .into(),
+        ));
+    }
+    if let Some(e) = &config.endpoint {
+        check_endpoint(e, config.allow_http)?;
+    }
+    if let Some(r) = &config.region {
+        if r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(StoreError::Config(format!(
+                "region {r:?}: letters, digits and '-' only (e.g. \"us-east-1\", Garage: \"garage\")"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An endpoint is `http(s)://HOST[:PORT][/]`, without credentials, path, query or fragment;
+/// `http://` only with `allow_http`.
+fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<(), StoreError> {
+    let err = |reason: &str| StoreError::Config(format!("endpoint {endpoint:?}: {reason}"));
+    let rest = match endpoint.split_once("://") {
+        Some(("https", rest)) => rest,
+        Some(("http", rest)) if allow_http => rest,
+        Some(("http", _)) => {
+            return Err(err(
+                "plain http:// is refused; use https://, or set allow_http = true for a \
+                 loopback test server or a trusted private network",
+            ))
+        }
+        _ => return Err(err("give http(s)://HOST[:PORT]")),
+    };
+    let host = rest.strip_suffix('/').unwrap_or(rest);
+    if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
+        return Err(err(
+            "give only http(s)://HOST[:PORT], without a path, user name or password \
+             (credentials go in access_key_id/secret_access_key or AWS_* variables)",
+        ));
+    }
+    Ok(())
+}
+
 /// The object store and the URL it was opened from. Cloning is cheap.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     url: String,
 }
 
+impl std::fmt::Debug for Store {
+    // Only the URL: the S3 client holds credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).finish()
+    }
+}
+
 impl Store {
-    /// Opens the store named by `url`, or, when there is none, a local one in `default_dir`
-    /// (created if missing).
-    pub fn open(url: Option<&str>, default_dir: &Path) -> Result<Store, StoreError> {
-        let dir = match url {
-            None => default_dir.to_path_buf(),
-            Some(u) => local_dir_of_url(u)?,
+    /// Opens the store that `config` names, or, when it names none, a local one in
+    /// `default_dir` (created if missing). Opening an S3 store makes no request yet.
+    pub fn open(config: &StoreConfig, default_dir: &Path) -> Result<Store, StoreError> {
+        check_config(config)?;
+        let location = match config.url.as_deref() {
+            None => Location::Dir(default_dir.to_path_buf()),
+            Some(u) => parse_url(u)?,
         };
-        create_dir_private(&dir).map_err(|source| StoreError::CreateDir {
-            path: dir.clone(),
+        match location {
+            Location::Dir(dir) => Store::open_dir(&dir, config.url.as_deref()),
+            Location::S3 { bucket, prefix } => Store::open_s3(config, &bucket, &prefix),
+        }
+    }
+
+    fn open_dir(dir: &Path, url: Option<&str>) -> Result<Store, StoreError> {
+        create_dir_private(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
             source,
         })?;
-        let fs = LocalFileSystem::new_with_prefix(&dir)
+        let fs = LocalFileSystem::new_with_prefix(dir)
             .map_err(|source| StoreError::Op {
                 op: "open",
                 key: dir.display().to_string(),
@@ -84,6 +229,79 @@ impl Store {
             inner: Arc::new(fs),
             url: url.map_or_else(|| format!("file://{}", dir.display()), str::to_owned),
         })
+    }
+
+    fn open_s3(config: &StoreConfig, bucket: &str, prefix: &str) -> Result<Store, StoreError> {
+        let url = if prefix.is_empty() {
+            format!("s3://{bucket}")
+        } else {
+            format!("s3://{bucket}/{prefix}")
+        };
+        // The usual AWS_* variables first (credentials, region, endpoint, web identity),
+        // then what the config file says.
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(e) = &config.endpoint {
+            b = b.with_endpoint(e.trim_end_matches('/'));
+        }
+        if let Some(r) = &config.region {
+            b = b.with_region(r);
+        }
+        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+            b = b
+                .with_access_key_id(id)
+                .with_secret_access_key(secret.expose());
+        }
+        let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        if let Some(e) = &endpoint {
+            check_endpoint(e, config.allow_http)?;
+        }
+        let has_keys = b
+            .get_config_value(&AmazonS3ConfigKey::AccessKeyId)
+            .is_some()
+            && b.get_config_value(&AmazonS3ConfigKey::SecretAccessKey)
+                .is_some();
+        if endpoint.is_some() && !has_keys {
+            // Without keys the client would ask the AWS instance metadata service, which an
+            // S3-compatible server's host does not have: say so now, not on the first read.
+            return Err(StoreError::Config(format!(
+                "{url}: no S3 credentials; set the AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY environment variables (or access_key_id and \
+                 secret_access_key in [store])"
+            )));
+        }
+        let client = ClientOptions::new()
+            .with_allow_http(config.allow_http)
+            .with_connect_timeout(Duration::from_secs(5))
+            // No overall limit: a large target streams to a slow terminal for as long as it
+            // takes; a stalled connection is cut after 30 s without data.
+            .with_timeout_disabled()
+            .with_read_timeout(Duration::from_secs(30));
+        let s3 = b
+            .with_virtual_hosted_style_request(config.virtual_hosted_style_request)
+            .with_client_options(client)
+            .with_retry(RetryConfig {
+                max_retries: 4,
+                retry_timeout: Duration::from_secs(30),
+                ..RetryConfig::default()
+            })
+            .build()
+            .map_err(|source| StoreError::Op {
+                op: "open",
+                key: url.clone(),
+                source,
+            })?;
+        let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(PrefixStore::new(s3, object_path(prefix)?))
+        };
+        Ok(Store { inner, url })
+    }
+
+    /// Whether the store already holds a TUF repository (its `1.root.json`). A new data
+    /// dir must not overwrite one that another server (or a lost data dir) left there.
+    pub async fn holds_repository(&self) -> Result<bool, StoreError> {
+        Ok(self.head(&metadata_key("1.root.json")).await?.is_some())
     }
 
     /// The URL the store was opened from.
@@ -128,29 +346,44 @@ impl Store {
                 source: Box::new(e),
             },
         };
-        let f = std::fs::File::open(file).map_err(read_err)?;
-        let mut upload = self.inner.put_multipart(&path).await.map_err(op("put"))?;
-        let mut reader = Some(f);
-        loop {
-            let Some(mut r) = reader.take() else { break };
+        let read_part = |mut r: std::fs::File| async move {
             let (r, chunk) = tokio::task::spawn_blocking(move || {
                 let mut buf = Vec::with_capacity(PART);
                 let res = (&mut r).take(PART as u64).read_to_end(&mut buf);
                 (r, res.map(|_| buf))
             })
             .await
-            .map_err(|e| read_err(std::io::Error::other(e.to_string())))?;
-            let chunk = chunk.map_err(read_err)?;
-            if chunk.is_empty() {
-                break;
-            }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok::<_, std::io::Error>((r, chunk?))
+        };
+        let f = std::fs::File::open(file).map_err(read_err)?;
+        let (f, first) = read_part(f).await.map_err(read_err)?;
+        if first.len() < PART {
+            // One part: a plain put (S3 refuses a multipart upload of an empty file).
+            self.inner
+                .put(&path, PutPayload::from(first))
+                .await
+                .map_err(op("put"))?;
+            return Ok(());
+        }
+        let mut upload = self.inner.put_multipart(&path).await.map_err(op("put"))?;
+        let mut next = Some((f, first));
+        while let Some((r, chunk)) = next.take() {
             let last = chunk.len() < PART;
-            if let Err(e) = upload.put_part(PutPayload::from(chunk)).await {
-                let _ = upload.abort().await;
-                return Err(op("put")(e));
+            if !chunk.is_empty() {
+                if let Err(e) = upload.put_part(PutPayload::from(chunk)).await {
+                    let _ = upload.abort().await;
+                    return Err(op("put")(e));
+                }
             }
             if !last {
-                reader = Some(r);
+                match read_part(r).await {
+                    Ok(got) => next = Some(got),
+                    Err(e) => {
+                        let _ = upload.abort().await;
+                        return Err(read_err(e));
+                    }
+                }
             }
         }
         upload.complete().await.map_err(op("put"))?;
@@ -206,15 +439,15 @@ pub fn object_path(key: &str) -> Result<StorePath, StoreError> {
     })
 }
 
-/// The directory of a `file:///ABSOLUTE/PATH` URL.
-fn local_dir_of_url(url: &str) -> Result<PathBuf, StoreError> {
+/// Parses a store URL: `file:///ABSOLUTE/PATH` or `s3://BUCKET[/PREFIX]`.
+fn parse_url(url: &str) -> Result<Location, StoreError> {
     let err = |reason: &str| StoreError::Url {
         url: url.into(),
         reason: reason.into(),
     };
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| err("not a URL; use file:///ABSOLUTE/PATH"))?;
+        .ok_or_else(|| err("not a URL; use file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX"))?;
     match scheme {
         "file" => {
             if !rest.starts_with('/') || rest.contains(['?', '#', '%']) {
@@ -222,12 +455,41 @@ fn local_dir_of_url(url: &str) -> Result<PathBuf, StoreError> {
                     "a file URL must be file:///ABSOLUTE/PATH, without host, query or escapes",
                 ));
             }
-            Ok(PathBuf::from(rest))
+            Ok(Location::Dir(PathBuf::from(rest)))
         }
-        "s3" => Err(err(
-            "S3 stores are not built into this otter-server yet; use file:///ABSOLUTE/PATH",
+        "s3" => {
+            if rest.contains(['?', '#', '%', '@', ' ']) {
+                return Err(err(
+                    "an S3 URL must be s3://BUCKET/PREFIX, without query, escapes or \
+                     credentials (those go in [store] or AWS_* variables)",
+                ));
+            }
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid_bucket = (3..=63).contains(&bucket.len())
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                && !bucket.starts_with(['-', '.'])
+                && !bucket.ends_with(['-', '.']);
+            if !valid_bucket {
+                return Err(err(
+                    "the bucket name must be 3 to 63 lowercase letters, digits, '-' or '.'",
+                ));
+            }
+            let prefix = prefix.trim_end_matches('/');
+            if !prefix.is_empty() {
+                object_path(prefix).map_err(|_| {
+                    err("the prefix must be path segments without empty, '.' or '..' parts")
+                })?;
+            }
+            Ok(Location::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.into(),
+            })
+        }
+        _ => Err(err(
+            "unsupported scheme; use file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX",
         )),
-        _ => Err(err("unsupported scheme; use file:///ABSOLUTE/PATH")),
     }
 }
 
@@ -250,18 +512,96 @@ mod tests {
     #[test]
     fn file_urls_name_absolute_directories() {
         assert_eq!(
-            local_dir_of_url("file:///srv/otter/store").unwrap(),
-            PathBuf::from("/srv/otter/store")
+            parse_url("file:///srv/otter/store").unwrap(),
+            Location::Dir(PathBuf::from("/srv/otter/store"))
         );
         for bad in [
             "file://relative/x",
             "/srv/otter",
             "file:///a?b",
-            "s3://bucket/x",
             "http://x/",
         ] {
-            assert!(local_dir_of_url(bad).is_err(), "{bad}");
+            assert!(parse_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn s3_urls_name_a_bucket_and_a_prefix() {
+        let s3 = |bucket: &str, prefix: &str| Location::S3 {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+        };
+        assert_eq!(parse_url("s3://otter/prod").unwrap(), s3("otter", "prod"));
+        assert_eq!(parse_url("s3://otter/a/b/").unwrap(), s3("otter", "a/b"));
+        assert_eq!(parse_url("s3://otter").unwrap(), s3("otter", ""));
+        assert_eq!(parse_url("s3://otter/").unwrap(), s3("otter", ""));
+        for bad in [
+            "s3://",
+            "s3://Otter/x",
+            "s3://ab/x",
+            "s3://-otter/x",
+            "s3://otter/a/../b",
+            "s3://otter/a//b",
+            "s3://key:secret@otter/x",
+            "s3://otter/x?region=y",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn s3_config() -> StoreConfig {
+        StoreConfig {
+            url: Some("s3://otter/prod".into()),
+            endpoint: Some("https://s3.example.net".into()),
+            region: Some("garage".into()),
+            access_key_id: Some("GK0123".into()),
+            secret_access_key: Some(Secret::new("very-secret-value".into())),
+            ..StoreConfig::default()
+        }
+    }
+
+    #[test]
+    fn s3_settings_are_checked() {
+        check_config(&s3_config()).unwrap();
+        let mut c = s3_config();
+        c.endpoint = Some("http://127.0.0.1:3900".into());
+        let err = check_config(&c).unwrap_err().to_string();
+        assert!(err.contains("allow_http"), "{err}");
+        c.allow_http = true;
+        check_config(&c).unwrap();
+        for bad in [
+            "https://u:p@host",
+            "https://host/path",
+            "ftp://host",
+            "host:1",
+        ] {
+            c.endpoint = Some(bad.into());
+            assert!(check_config(&c).is_err(), "{bad}");
+        }
+        let mut c = s3_config();
+        c.secret_access_key = None;
+        assert!(check_config(&c).is_err());
+        // S3 settings with a local store are a mistake, not something to ignore.
+        let c = StoreConfig {
+            region: Some("garage".into()),
+            ..StoreConfig::default()
+        };
+        let err = check_config(&c).unwrap_err().to_string();
+        assert!(err.contains("region"), "{err}");
+    }
+
+    #[test]
+    fn the_secret_never_shows() {
+        let c = s3_config();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("very-secret-value"), "{debug}");
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(!json.contains("very-secret-value"), "{json}");
+        assert!(json.contains("<redacted>"), "{json}");
+        let store = Store::open(&c, Path::new("/nonexistent")).unwrap();
+        assert_eq!(store.url(), "s3://otter/prod");
+        let debug = format!("{store:?}");
+        assert!(!debug.contains("very-secret-value"), "{debug}");
     }
 
     #[test]
@@ -279,7 +619,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let s = Store::open(None, &d.path().join("store")).unwrap();
+            let s = Store::open(&StoreConfig::default(), &d.path().join("store")).unwrap();
             assert!(s.head("repo/metadata/x.json").await.unwrap().is_none());
             s.put("repo/metadata/x.json", b"hello".to_vec())
                 .await

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod console_support;
 
 use common::{api, client, config, make_token, run, start};
 use otter_server::http::{Access, API_ROUTES};
@@ -189,6 +190,80 @@ fn each_route_admits_exactly_its_roles() {
         ] {
             let (s, _) = api(&c, "GET", &srv.url(path), None, None).await;
             assert_eq!(s, 200, "{path}");
+        }
+        srv.stop().await;
+    });
+}
+
+/// The console's routes against every role: each role signs in through the console's form,
+/// and exactly the roles of the route's policy (the API's policies) get past authorization;
+/// the others get 403. Without a session, pages redirect to the sign-in form and posts get
+/// 401. Posts carry the session's CSRF token, so only authorization is being tested.
+#[test]
+fn each_console_route_admits_exactly_its_roles() {
+    use otter_server::console::{CONSOLE_PUBLIC_ROUTES, CONSOLE_ROUTES};
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (srv, admin) = start(config(dir.path())).await;
+        let admin = admin.unwrap();
+        let c = client();
+        let cc = console_support::client();
+        assert!(!CONSOLE_ROUTES.is_empty());
+        for role in TokenRole::ALL {
+            let (_, t) = make_token(&c, &srv, &admin, role.as_str()).await;
+            for (method, pattern, access) in CONSOLE_ROUTES {
+                let Access::Roles(admitted) = access else {
+                    panic!("{method} {pattern}: console routes are for people with roles");
+                };
+                assert!(admitted.contains(&TokenRole::Admin), "{pattern}");
+                // A fresh session per request: sign-out ends one.
+                let s = console_support::sign_in(&cc, &srv, &t).await;
+                let path = pattern.replace("{device}", "nothing");
+                let what = format!("{method} {pattern} as {role}");
+                let (st, _, body) = match *method {
+                    "GET" => console_support::get(&cc, &srv, &path, Some(&s.cookie)).await,
+                    "POST" => {
+                        console_support::post(
+                            &cc,
+                            &srv,
+                            &path,
+                            Some(&s.cookie),
+                            &[("csrf", &s.csrf)],
+                        )
+                        .await
+                    }
+                    other => panic!("{what}: unexpected method {other}"),
+                };
+                if admitted.contains(&role) {
+                    assert!(
+                        st != 401 && st != 403 && st < 500,
+                        "{what}: got {st} {body}"
+                    );
+                } else {
+                    assert_eq!(st, 403, "{what}: must be refused, got {body}");
+                    assert!(body.contains(role.as_str()), "{what}: {body}");
+                }
+                // Anonymous: GET pages send to the sign-in form, posts are refused.
+                let (st, h, _) = match *method {
+                    "GET" => console_support::get(&cc, &srv, &path, None).await,
+                    _ => console_support::post(&cc, &srv, &path, None, &[("csrf", &s.csrf)]).await,
+                };
+                if *method == "GET" {
+                    assert_eq!(
+                        (st, h["location"].to_str().unwrap()),
+                        (303, "/console/login"),
+                        "{what}"
+                    );
+                } else {
+                    assert_eq!(st, 401, "{what} anonymous");
+                }
+            }
+        }
+        for (method, path) in CONSOLE_PUBLIC_ROUTES {
+            if *method == "GET" {
+                let (st, _, _) = console_support::get(&cc, &srv, path, None).await;
+                assert_eq!(st, 200, "{path} is public");
+            }
         }
         srv.stop().await;
     });

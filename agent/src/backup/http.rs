@@ -11,16 +11,22 @@
 //!   sequences, and one manifest's bytes — so a run killed after the server accepted its
 //!   manifest, but before the local index was updated, picks the chain up again.
 //!
-//! The server has no device endpoint that returns packs yet: [`BackupStore::get_pack`] fails
-//! with a clear [`StoreError::Remote`]. The server enforces the chain itself: a manifest that
-//! does not follow the device's last one is refused (409).
+//! - `GET /api/v1/device/backups/packs/{id}`: one of the device's own packs, for a restore
+//!   (the server serves only packs one of the device's manifests references);
+//! - the manifest list also carries the server's countersignature of each manifest and its
+//!   receipt public key ([`HttpBackupStore::receipts`]), which a restore checks.
+//!
+//! Nothing the server returns is trusted: a restore checks every pack against its id and
+//! the signed manifest. The server enforces the chain itself: a manifest that does not
+//! follow the device's last one is refused (409).
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::Duration;
 
-use otter_keys::crypto::SigningKey;
-use otter_keys::envelope::PackId;
+use otter_keys::crypto::{PublicKey, SigningKey};
+use otter_keys::envelope::{Countersignature, PackId};
 use otter_keys::request::sign_request;
 use serde_json::Value;
 
@@ -40,6 +46,17 @@ pub struct ManifestReceipt {
     pub sequence: u64,
     /// The whole JSON answer.
     pub answer: Value,
+}
+
+/// The server's countersignatures of the device's manifests, and the key that made them.
+#[derive(Debug, Clone)]
+pub struct ServerReceipts {
+    /// The server's backup receipt public key, as the server states it (pin it).
+    pub receipt_public_key: PublicKey,
+    /// The same key, hex (32 bytes).
+    pub receipt_public_hex: String,
+    /// Countersignature by sequence number.
+    pub by_sequence: BTreeMap<u64, Countersignature>,
 }
 
 /// A [`BackupStore`] on `otter-server`, for one enrolled device.
@@ -84,6 +101,51 @@ impl<'a> HttpBackupStore<'a> {
         self.receipt.borrow().clone()
     }
 
+    /// The server's countersignatures of this device's catalogued manifests, and the receipt
+    /// public key the server says made them (from the signed manifest list).
+    pub fn receipts(&self) -> Result<ServerReceipts, StoreError> {
+        let path = "/api/v1/device/backups/manifests";
+        let answer = self.manifest_list()?;
+        let bad = |what: &str| StoreError::Remote(format!("{path}: {what} in the answer"));
+        let key_hex = answer
+            .get("receipt_public_key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no receipt_public_key (a server too old to restore from)"))?;
+        let receipt_public_key = parse_receipt_key(key_hex)?;
+        let mut by_sequence = BTreeMap::new();
+        for r in answer
+            .get("receipts")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no list of receipts"))?
+        {
+            let seq = r
+                .get("sequence")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad("a receipt without a sequence"))?;
+            let cs: Countersignature = r
+                .get("countersignature")
+                .cloned()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .ok_or_else(|| bad("an unreadable countersignature"))?;
+            by_sequence.insert(seq, cs);
+        }
+        Ok(ServerReceipts {
+            receipt_public_key,
+            receipt_public_hex: key_hex.to_ascii_lowercase(),
+            by_sequence,
+        })
+    }
+
+    fn manifest_list(&self) -> Result<Value, StoreError> {
+        let path = "/api/v1/device/backups/manifests";
+        let (status, raw) = self.send(reqwest::Method::GET, path, &[])?;
+        if status != 200 {
+            return Err(refusal("listing this device's manifests", status, &raw));
+        }
+        serde_json::from_slice(&raw)
+            .map_err(|e| StoreError::Remote(format!("{path}: the answer is not JSON: {e}")))
+    }
+
     /// Sends one signed request; returns the status and the (capped) body.
     fn send(
         &self,
@@ -124,9 +186,11 @@ impl<'a> HttpBackupStore<'a> {
             .read_to_end(&mut raw)
             .map_err(|e| StoreError::Remote(format!("{url}: reading the answer: {e}")))?;
         if raw.len() as u64 > cap {
-            return Err(StoreError::Remote(format!(
-                "{url}: the answer is larger than {cap} bytes"
-            )));
+            return Err(StoreError::TooLarge {
+                what: format!("the answer of {url}"),
+                len: raw.len() as u64,
+                max: cap,
+            });
         }
         Ok((status, raw))
     }
@@ -151,6 +215,17 @@ fn refusal(what: &str, status: u16, raw: &[u8]) -> StoreError {
 fn error_code(raw: &[u8]) -> Option<String> {
     let json: Value = serde_json::from_slice(raw).ok()?;
     json.get("error")?.get("code")?.as_str().map(str::to_owned)
+}
+
+/// Parses a receipt public key: 64 hex digits (an ed25519 key).
+pub fn parse_receipt_key(text: &str) -> Result<PublicKey, StoreError> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| {
+        StoreError::Remote(
+            "the server's receipt public key is not 64 hex digits (an ed25519 key)".into(),
+        )
+    })?;
+    Ok(PublicKey::ed25519(&bytes))
 }
 
 fn not_supported(what: &str) -> StoreError {
@@ -179,8 +254,22 @@ impl BackupStore for HttpBackupStore<'_> {
         }
     }
 
-    fn get_pack(&self, id: &PackId, _max_len: u64) -> Result<Vec<u8>, StoreError> {
-        Err(not_supported(&format!("reading pack {id}")))
+    fn get_pack(&self, id: &PackId, max_len: u64) -> Result<Vec<u8>, StoreError> {
+        let path = format!("/api/v1/device/backups/packs/{id}");
+        let what = format!("pack {id}");
+        // An error answer may be longer than a small pack: read a little more, then check.
+        let cap = max_len.max(64 * 1024);
+        let (status, raw) = self.send_capped(reqwest::Method::GET, &path, &[], cap)?;
+        match status {
+            200 if raw.len() as u64 > max_len => Err(StoreError::TooLarge {
+                what,
+                len: raw.len() as u64,
+                max: max_len,
+            }),
+            200 => Ok(raw),
+            404 => Err(StoreError::NotFound { what }),
+            _ => Err(refusal(&format!("reading {what}"), status, &raw)),
+        }
     }
 
     fn put_manifest(&self, device: &str, sequence: u64, bytes: &[u8]) -> Result<(), StoreError> {
@@ -251,12 +340,7 @@ impl BackupStore for HttpBackupStore<'_> {
             )));
         }
         let path = "/api/v1/device/backups/manifests";
-        let (status, raw) = self.send(reqwest::Method::GET, path, &[])?;
-        if status != 200 {
-            return Err(refusal("listing this device's manifests", status, &raw));
-        }
-        let answer: Value = serde_json::from_slice(&raw)
-            .map_err(|e| StoreError::Remote(format!("{path}: the answer is not JSON: {e}")))?;
+        let answer = self.manifest_list()?;
         answer
             .get("sequences")
             .and_then(Value::as_array)

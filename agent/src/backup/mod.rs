@@ -26,8 +26,11 @@ use otter_keys::crypto::SigningKey;
 use otter_keys::envelope::ChunkKey;
 
 pub use engine::{run_backup, BackupError, BackupReport};
-pub use http::{HttpBackupStore, ManifestReceipt};
-pub use restore::{restore, RestoreError, RestoreOptions, RestoreReport, Selector};
+pub use http::{HttpBackupStore, ManifestReceipt, ServerReceipts};
+pub use restore::{
+    prepare, restore, PreparedRestore, ReceiptCheck, RestoreError, RestoreOptions, RestoreReport,
+    Selector,
+};
 pub use store::{BackupStore, LocalDirStore, StoreError};
 
 /// Default target size of a pack: a few MiB, so that an S3-style store is not charged one

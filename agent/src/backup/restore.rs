@@ -6,22 +6,38 @@
 //! The identity may be the terminal's own backup key or the fleet recovery key (restoring a
 //! dead terminal's backup onto its replacement): the page ids are checked with the chunk key
 //! carried in the encrypted body, or one the caller gives.
+//!
+//! [`prepare`] does everything but the replace, and returns a [`PreparedRestore`]: the
+//! checked file, which is then renamed over the target ([`PreparedRestore::replace`], the
+//! application stopped), copied into the live database through SQLite's backup API
+//! ([`PreparedRestore::apply_online`], the application running), or dropped (a dry run, with
+//! [`live_row_counts`] and [`rows_lost`] to tell what the restore would lose).
+//!
+//! The live database's sidecar files are handled so that no stale log is ever applied to the
+//! restored file: before the rename, a hot rollback journal is rolled back and a write-ahead
+//! log checkpointed and truncated into the old file (which is so whole on its own); after the
+//! rename, `-wal`, `-shm` and `-journal` are removed. A kill at any moment leaves the target
+//! either the old database or the restored one.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use otter_keys::age::x25519::Identity;
 use otter_keys::atomic::sync_dir;
 use otter_keys::crypto::PublicKey;
 use otter_keys::envelope::{
-    open_pack, ChunkId, ChunkKey, EnvelopeError, ManifestBody, ManifestHeader, SignedManifest,
+    open_pack, ChunkId, ChunkKey, Countersignature, EnvelopeError, ManifestBody, ManifestHeader,
+    SignedManifest,
 };
 use otter_keys::time::UtcTime;
-use rusqlite::Connection;
+use rusqlite::backup::{Backup, StepResult};
+use rusqlite::{Connection, OpenFlags};
 
 use super::pages::{db_facts, integrity_problems, FileHasher, PageDecompressor, PageError};
 use super::snapshot::remove_with_sidecars;
@@ -118,8 +134,20 @@ impl std::fmt::Display for Selector {
     }
 }
 
+/// The server's countersignatures, to check against its pinned receipt key.
+#[derive(Debug, Clone)]
+pub struct ReceiptCheck {
+    /// The server's backup receipt public key (pinned by the caller).
+    pub server_key: PublicKey,
+    /// The countersignature of each manifest, by sequence.
+    pub by_sequence: BTreeMap<u64, Countersignature>,
+}
+
+/// Called as packs are fetched: bytes done, bytes in all.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// Restore policy.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RestoreOptions {
     /// Accept a chain whose oldest stored manifest is not #1 (older ones pruned by
     /// retention). Without it, a missing first manifest is refused.
@@ -130,6 +158,23 @@ pub struct RestoreOptions {
     pub known_head: Option<(u64, String)>,
     /// The chunk key to check page ids with; by default the one in the manifest body.
     pub chunk_key: Option<ChunkKey>,
+    /// When given, every manifest of the chain must carry a valid countersignature of the
+    /// server (it accepted the manifest, with all its packs).
+    pub receipts: Option<ReceiptCheck>,
+    /// Progress of the pack downloads.
+    pub progress: Option<ProgressFn>,
+}
+
+impl fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("allow_pruned_prefix", &self.allow_pruned_prefix)
+            .field("known_head", &self.known_head)
+            .field("chunk_key", &self.chunk_key.as_ref().map(|_| "(given)"))
+            .field("receipts", &self.receipts)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 /// What a restore did.
@@ -203,6 +248,15 @@ pub fn verify_chain(
             )));
         }
         m.verify_signature(device_public)?;
+        if let Some(check) = &options.receipts {
+            let cs = check.by_sequence.get(&seq).ok_or_else(|| {
+                broken(format!(
+                    "manifest #{seq} carries no countersignature of the server \
+                     (the server never accepted it)"
+                ))
+            })?;
+            m.verify_countersignature(&check.server_key, cs)?;
+        }
         match headers.last() {
             Some(prev) => m.header.check_follows(Some(prev))?,
             None if seq == 1 => m.header.check_follows(None)?,
@@ -242,7 +296,8 @@ pub fn verify_chain(
     Ok(VerifiedChain { headers, selected })
 }
 
-/// Restores a backup of `device_id` over `target` (see the module documentation).
+/// Restores a backup of `device_id` over `target` (see the module documentation):
+/// [`prepare`], then [`PreparedRestore::replace`].
 pub fn restore(
     store: &dyn BackupStore,
     device_id: &str,
@@ -252,6 +307,47 @@ pub fn restore(
     target: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
+    prepare(
+        store,
+        device_id,
+        device_public,
+        identity,
+        selector,
+        target,
+        options,
+    )?
+    .replace(target)
+}
+
+/// A backup rebuilt and checked in a temporary file beside the target, not applied yet.
+/// Dropping it removes the file and leaves the target untouched.
+pub struct PreparedRestore {
+    temp: TempFile,
+    report: RestoreReport,
+    row_counts: BTreeMap<String, u64>,
+    started: Instant,
+}
+
+impl fmt::Debug for PreparedRestore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedRestore")
+            .field("path", &self.temp.path)
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fetches and checks everything (see the module documentation) and rebuilds the chosen
+/// backup in a checked temporary file beside `target`, without touching `target`.
+pub fn prepare(
+    store: &dyn BackupStore,
+    device_id: &str,
+    device_public: &PublicKey,
+    identity: &Identity,
+    selector: Selector,
+    target: &Path,
+    options: &RestoreOptions,
+) -> Result<PreparedRestore, RestoreError> {
     let started = Instant::now();
     let chain = verify_chain(store, device_id, device_public, selector, options)?;
     let manifest = &chain.selected;
@@ -266,10 +362,17 @@ pub fn restore(
     };
 
     let temp = TempFile::create(target)?;
-    let (packs, pack_bytes) = rebuild(store, identity, manifest, &body, chunk_key, &temp)?;
+    let (packs, pack_bytes) = rebuild(
+        store,
+        identity,
+        manifest,
+        &body,
+        chunk_key,
+        &temp,
+        options.progress.as_ref(),
+    )?;
     check_rebuilt(&temp.path, &body)?;
-    replace(&temp, target)?;
-    Ok(RestoreReport {
+    let report = RestoreReport {
         sequence: manifest.header.sequence,
         created: manifest.header.created,
         header_hash: manifest.header_hash()?,
@@ -279,7 +382,205 @@ pub fn restore(
         pack_bytes,
         manifests_checked: chain.headers.len() as u64,
         took: started.elapsed(),
+    };
+    Ok(PreparedRestore {
+        temp,
+        report,
+        row_counts: body.row_counts.clone(),
+        started,
     })
+}
+
+impl PreparedRestore {
+    /// What was fetched and checked.
+    pub fn report(&self) -> &RestoreReport {
+        &self.report
+    }
+
+    /// Rows per table of the backup (checked against the rebuilt file).
+    pub fn row_counts(&self) -> &BTreeMap<String, u64> {
+        &self.row_counts
+    }
+
+    /// The checked file (removed when `self` is dropped).
+    pub fn path(&self) -> &Path {
+        &self.temp.path
+    }
+
+    fn finish(mut self) -> RestoreReport {
+        self.report.took = self.started.elapsed();
+        self.report.clone()
+    }
+
+    /// Replaces `target` with the checked file by one atomic rename (see the module
+    /// documentation). The application must not have the database open: stop it first.
+    pub fn replace(self, target: &Path) -> Result<RestoreReport, RestoreError> {
+        replace(&self.temp, target)?;
+        Ok(self.finish())
+    }
+
+    /// Copies the checked file into the live database `target` through SQLite's backup API,
+    /// in one step under the database's own locking and journal: connections of the running
+    /// application wait (up to `busy_timeout`), then see the restored content. SQLite makes
+    /// the copy atomic; the file keeps its journal mode, so its bytes need not equal the
+    /// backup's, but its content (`.dump`) does.
+    pub fn apply_online(
+        self,
+        target: &Path,
+        busy_timeout: Duration,
+    ) -> Result<RestoreReport, RestoreError> {
+        apply_online(&self.temp.path, target, busy_timeout)?;
+        Ok(self.finish())
+    }
+}
+
+/// Rows per table of the live database, read through a read-only connection (it may be in
+/// use). Fails when the database cannot be read (damaged, missing).
+pub fn live_row_counts(path: &Path) -> Result<BTreeMap<String, u64>, RestoreError> {
+    let fail = |e: rusqlite::Error| RestoreError::Verify(format!("{}: {e}", path.display()));
+    if !path.is_file() {
+        return Err(RestoreError::Verify(format!(
+            "{}: no such database",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(fail)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(fail)?;
+    let mut names = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(fail)?;
+        for name in rows {
+            names.push(name.map_err(fail)?);
+        }
+    }
+    let mut counts = BTreeMap::new();
+    for name in names {
+        let sql = format!("SELECT count(*) FROM \"{}\"", name.replace('"', "\"\""));
+        let n: i64 = conn.query_row(&sql, [], |r| r.get(0)).map_err(fail)?;
+        counts.insert(name, u64::try_from(n).unwrap_or(0));
+    }
+    Ok(counts)
+}
+
+/// A table with rows the restore would lose (more in the live database than in the backup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowLoss {
+    /// The table.
+    pub table: String,
+    /// Its rows in the live database.
+    pub live: u64,
+    /// Its rows in the backup (0 when the backup lacks the table).
+    pub backup: u64,
+}
+
+/// Tables with more rows live than in the backup: what a restore would lose (rows written
+/// since the backup; rows changed in place are not counted).
+pub fn rows_lost(live: &BTreeMap<String, u64>, backup: &BTreeMap<String, u64>) -> Vec<RowLoss> {
+    live.iter()
+        .filter_map(|(table, &l)| {
+            let b = backup.get(table).copied().unwrap_or(0);
+            (l > b).then(|| RowLoss {
+                table: table.clone(),
+                live: l,
+                backup: b,
+            })
+        })
+        .collect()
+}
+
+/// Processes (other than this one) that have `target` or its `-wal` open, found in
+/// `/proc/*/fd` (Linux; processes of other users are not visible). Best effort: an empty
+/// list on systems without `/proc`.
+pub fn processes_using(target: &Path) -> Vec<u32> {
+    let Ok(canonical) = fs::canonicalize(target) else {
+        return Vec::new();
+    };
+    let wal = sidecar(&canonical, "-wal");
+    let me = std::process::id();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .any(|l| l == canonical || l == wal)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn apply_online(source: &Path, target: &Path, busy_timeout: Duration) -> Result<(), RestoreError> {
+    let fail = |reason: String| RestoreError::Replace {
+        path: target.to_path_buf(),
+        reason,
+    };
+    if !target.is_file() {
+        return Err(fail(
+            "an online restore needs the live database to exist; restore without --online".into(),
+        ));
+    }
+    let src = Connection::open_with_flags(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| fail(format!("cannot open the checked file: {e}")))?;
+    let mut dst = Connection::open_with_flags(
+        target,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| fail(format!("cannot open the live database: {e}")))?;
+    dst.busy_timeout(busy_timeout)
+        .map_err(|e| fail(format!("cannot set a busy timeout: {e}")))?;
+    let started = Instant::now();
+    {
+        let backup = Backup::new(&src, &mut dst)
+            .map_err(|e| fail(format!("cannot start SQLite's backup: {e}")))?;
+        loop {
+            // One step: every page in one write transaction on the live database.
+            match backup
+                .step(-1)
+                .map_err(|e| fail(format!("SQLite's backup into the live database: {e}")))?
+            {
+                StepResult::Done => break,
+                StepResult::More => continue,
+                _busy_or_locked if started.elapsed() < busy_timeout => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    return Err(fail(format!(
+                        "the live database stayed locked by the application for {}s; \
+                         nothing was changed",
+                        busy_timeout.as_secs()
+                    )))
+                }
+            }
+        }
+    }
+    dst.close()
+        .map_err(|(_, e)| fail(format!("closing the live database: {e}")))?;
+    Ok(())
 }
 
 fn chunk_key_of(body: &ManifestBody) -> Result<ChunkKey, RestoreError> {
@@ -307,6 +608,7 @@ fn rebuild(
     body: &ManifestBody,
     chunk_key: &ChunkKey,
     temp: &TempFile,
+    progress: Option<&ProgressFn>,
 ) -> Result<(u64, u64), RestoreError> {
     let page_size = u64::from(body.page_size);
     temp.file
@@ -320,7 +622,13 @@ fn rebuild(
     let mut decompressor = PageDecompressor::new(body.page_size)?;
     let (mut packs, mut pack_bytes) = (0u64, 0u64);
     let mut written = 0u64;
+    let total: u64 = manifest.header.packs.iter().map(|p| p.length).sum();
+    let mut done = 0u64;
     for pack in &manifest.header.packs {
+        if let Some(report) = progress {
+            report(done, total);
+        }
+        done += pack.length;
         let chunks: Vec<_> = body
             .chunks
             .iter()
@@ -350,6 +658,9 @@ fn rebuild(
                 written += 1;
             }
         }
+    }
+    if let Some(report) = progress {
+        report(total, total);
     }
     if written != body.page_count {
         return Err(RestoreError::Verify(format!(
@@ -411,44 +722,124 @@ fn remove_sidecars(path: &Path) {
     }
 }
 
-/// Replaces `target` with the checked file. A write-ahead log of the old database is first
-/// checkpointed into it (so the old file stays whole on its own, and no stale log is ever
-/// applied to the restored file); then one rename, and an fsync of the directory.
+/// Replaces `target` with the checked file (see the module documentation): the old
+/// database is settled first (hot journal rolled back, WAL checkpointed and truncated), then
+/// one rename and an fsync of the directory, then the sidecars are removed.
 fn replace(temp: &TempFile, target: &Path) -> Result<(), RestoreError> {
     let fail = |reason: String| RestoreError::Replace {
         path: target.to_path_buf(),
         reason,
     };
+    let dir = parent_dir(target);
     let wal = sidecar(target, "-wal");
-    if wal.exists() {
-        let conn = Connection::open(target).map_err(|e| {
-            fail(format!(
-                "cannot open the old database to checkpoint it: {e}"
-            ))
-        })?;
-        let busy: i64 = conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-            .map_err(|e| fail(format!("cannot checkpoint the old database: {e}")))?;
-        drop(conn);
-        if busy != 0 {
-            return Err(fail(
-                "the old database is in use (checkpoint busy): stop the application first".into(),
-            ));
+    let journal = sidecar(target, "-journal");
+    if target.exists() && (wal.exists() || journal.exists()) {
+        match settle_old(target) {
+            Ok(()) => {}
+            Err(Settle::InUse(reason)) => {
+                return Err(fail(format!(
+                    "{reason}: the application has the database open; stop it first \
+                     (--stop-command) or restore with --online"
+                )))
+            }
+            // The old database cannot be read (the reason to restore, often): its logs
+            // are moved aside (`NAME-wal.old-PID-TIME`), never left to be applied to the
+            // restored file.
+            Err(Settle::Unreadable(why)) => {
+                for log in [&wal, &journal] {
+                    if log.exists() {
+                        let aside = aside_name(log);
+                        fs::rename(log, &aside).map_err(|e| {
+                            fail(format!(
+                                "{why}; cannot move its {} aside: {e}",
+                                log.display()
+                            ))
+                        })?;
+                    }
+                }
+                sync_dir(dir)
+                    .map_err(|e| fail(format!("fsync of {} failed: {e}", dir.display())))?;
+            }
         }
-        if fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
-            return Err(fail(
-                "the old database's -wal file is still not empty: stop the application first"
-                    .into(),
-            ));
+        for log in [&wal, &journal] {
+            if fs::metadata(log).is_ok_and(|m| m.len() > 0) {
+                return Err(fail(format!(
+                    "{} is still not empty: the application keeps writing; stop it first \
+                     (--stop-command) or restore with --online",
+                    log.display()
+                )));
+            }
         }
     }
     fs::rename(&temp.path, target).map_err(|e| fail(format!("rename failed: {e}")))?;
-    let dir = parent_dir(target);
     sync_dir(dir).map_err(|e| fail(format!("fsync of {} failed: {e}", dir.display())))?;
-    let _ = fs::remove_file(&wal);
-    let _ = fs::remove_file(sidecar(target, "-shm"));
+    for s in ["-wal", "-shm", "-journal"] {
+        let _ = fs::remove_file(sidecar(target, s));
+    }
     sync_dir(dir).map_err(|e| fail(format!("fsync of {} failed: {e}", dir.display())))?;
     Ok(())
+}
+
+/// Why the old database could not be settled.
+enum Settle {
+    /// Another connection holds it (busy, locked).
+    InUse(String),
+    /// It cannot be read (damaged, not a database).
+    Unreadable(String),
+}
+
+fn settle_err(what: &str, e: rusqlite::Error) -> Settle {
+    use rusqlite::ErrorCode;
+    let busy = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    );
+    let text = format!("{what}: {e}");
+    if busy {
+        Settle::InUse(text)
+    } else {
+        Settle::Unreadable(text)
+    }
+}
+
+/// Makes the old database whole on its own: opening it and reading rolls a hot journal
+/// back; a TRUNCATE checkpoint moves a write-ahead log into it and empties the log.
+fn settle_old(target: &Path) -> Result<(), Settle> {
+    let conn = Connection::open_with_flags(
+        target,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| settle_err("cannot open the old database", e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| settle_err("cannot set a busy timeout", e))?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| settle_err("cannot read the old database", e))?;
+    if sidecar(target, "-wal").exists() {
+        let busy: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(|e| settle_err("cannot checkpoint the old database", e))?;
+        if busy != 0 {
+            return Err(Settle::InUse(
+                "the old database's checkpoint is busy".into(),
+            ));
+        }
+    }
+    conn.close()
+        .map_err(|(_, e)| settle_err("cannot close the old database", e))?;
+    Ok(())
+}
+
+/// `FILE.old-PID-TIME`, beside `log`.
+fn aside_name(log: &Path) -> PathBuf {
+    let mut p = log.as_os_str().to_owned();
+    p.push(format!(
+        ".old-{}-{}",
+        std::process::id(),
+        UtcTime::now().unix()
+    ));
+    PathBuf::from(p)
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -476,6 +867,7 @@ impl TempFile {
             std::process::id(),
             UtcTime::now().unix()
         ));
+        remove_dead_leftovers(parent_dir(target), &format!(".{name}.restore-"));
         let mode = fs::metadata(target).map_or(0o600, |m| m.permissions().mode() & 0o777);
         let _ = fs::remove_file(&path);
         let file = OpenOptions::new()
@@ -497,6 +889,27 @@ impl TempFile {
             what,
             path: self.path.clone(),
             source,
+        }
+    }
+}
+
+/// Removes temporary files of restores killed before they finished: `PREFIX{PID}-...` (and
+/// their sidecars) whose process is gone.
+fn remove_dead_leftovers(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if !alive || pid == std::process::id() {
+            let _ = fs::remove_file(entry.path());
         }
     }
 }

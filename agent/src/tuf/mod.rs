@@ -17,7 +17,7 @@ use otter_keys::hash::{HashError, MultiHasher};
 use otter_keys::metadata::TargetFile;
 use otter_keys::time::UtcTime;
 
-pub use fetch::{FetchError, Fetcher, HttpFetcher};
+pub use fetch::{FetchError, Fetcher, HttpFetcher, RangedBody};
 pub use trusted::{TrustError, TrustedSet};
 
 /// Limits and locations of an [`Updater`].
@@ -392,15 +392,10 @@ impl<F: Fetcher> Updater<F> {
         Some(path)
     }
 
-    /// Downloads a target into `target_dir`: streamed into a temporary file with the hashes
-    /// computed on the way, at most the signed length, and renamed into place only once
-    /// length and hashes match.
-    pub fn download_target(
-        &self,
-        target: &str,
-        info: &TargetFile,
-        target_dir: &Path,
-    ) -> Result<PathBuf, UpdateError> {
+    /// The URL a target is fetched from: `TARGETS_URL/DIR/HASH.NAME` when the root uses
+    /// consistent snapshots (and the config prefixes targets with hashes), else
+    /// `TARGETS_URL/PATH`; every path component quoted.
+    pub fn target_url(&self, target: &str, info: &TargetFile) -> Result<String, UpdateError> {
         let base = self
             .cfg
             .targets_url
@@ -425,8 +420,19 @@ impl<F: Fetcher> Updater<F> {
             target.to_string()
         };
         let url_path: Vec<String> = remote.split('/').map(quote).collect();
-        let url = format!("{base}{}", url_path.join("/"));
+        Ok(format!("{base}{}", url_path.join("/")))
+    }
 
+    /// Downloads a target into `target_dir`: streamed into a temporary file with the hashes
+    /// computed on the way, at most the signed length, and renamed into place only once
+    /// length and hashes match.
+    pub fn download_target(
+        &self,
+        target: &str,
+        info: &TargetFile,
+        target_dir: &Path,
+    ) -> Result<PathBuf, UpdateError> {
+        let url = self.target_url(target, info)?;
         std::fs::create_dir_all(target_dir).map_err(io_err(target_dir))?;
         let final_path = Self::local_target_path(target_dir, target);
         let tmp = target_dir.join(format!(".{}.part-{}", quote(target), std::process::id()));

@@ -101,6 +101,25 @@ pub fn pack_length(
     Ok(len.map(|l| u64::try_from(l).unwrap_or(0)))
 }
 
+/// The length of a device's pack that one of the device's catalogued manifests references;
+/// `None` when the device has no such pack, or uploaded it without a manifest naming it yet.
+/// What a device may read back: only its own packs, only once they are part of a backup.
+pub fn referenced_pack_length(
+    conn: &Connection,
+    device_id: &str,
+    pack: &PackId,
+) -> Result<Option<u64>, BackupError> {
+    let len: Option<i64> = conn
+        .query_row(
+            "SELECT length FROM backup_packs
+             WHERE device_id = ?1 AND pack_id = ?2 AND first_sequence IS NOT NULL",
+            rusqlite::params![device_id, pack.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(len.map(|l| u64::try_from(l).unwrap_or(0)))
+}
+
 /// Records a stored pack. Returns whether it is new (an identical pack may be uploaded
 /// again, by an agent resuming).
 pub fn record_pack(
@@ -496,6 +515,12 @@ mod tests {
             ));
             let h3 = header(3, refs.clone());
             assert!(insert_manifest(c, &h3, &record(&h3)).is_err());
+            // Readable back once a manifest references it, by its device only.
+            assert_eq!(referenced_pack_length(c, "till-1", &p)?, Some(9));
+            assert_eq!(referenced_pack_length(c, "till-2", &p)?, None);
+            let unreferenced = PackId::from_bytes([2; 32]);
+            record_pack(c, "till-1", &unreferenced, 5, 1)?;
+            assert_eq!(referenced_pack_length(c, "till-1", &unreferenced)?, None);
             let h2 = header(2, refs);
             insert_manifest(c, &h2, &record(&h2))?;
             let all = list_manifests(c, None)?;

@@ -86,7 +86,23 @@ pub fn run(cmd: DevicesCommand) -> Result<()> {
         DevicesCommand::Revoke { device_id, dir } => {
             let db = super::token::open(&dir)?;
             let d = db.with_conn_blocking(|c| -> Result<_> {
-                Ok(revoke_device(c, &device_id, unix_now())?)
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let now = unix_now();
+                let was_valid = otter_server::fleet::device_key(&tx, &device_id)?
+                    .is_some_and(|k| k.revoked_at.is_none());
+                let d = revoke_device(&tx, &device_id, now)?;
+                if was_valid {
+                    otter_server::audit::append(
+                        &tx,
+                        &otter_server::audit::Actor::host("otter-server devices revoke"),
+                        "device.revoke",
+                        &format!("device:{}", d.device_id),
+                        &serde_json::json!({"hardware_model": d.hardware_model, "group": d.group}),
+                        now,
+                    )?;
+                }
+                tx.commit()?;
+                Ok(d)
             })?;
             println!(
                 "device {} ({}) is revoked since {}",

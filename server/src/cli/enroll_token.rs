@@ -60,13 +60,19 @@ pub fn run(cmd: EnrollTokenCommand) -> Result<()> {
             }
             let db = super::token::open(&dir)?;
             let (info, token) = db.with_conn_blocking(|c| -> Result<_> {
-                Ok(create_enrollment_token(
-                    c,
-                    group.as_deref(),
-                    expires_in,
-                    None,
-                    unix_now(),
-                )?)
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let now = unix_now();
+                let made = create_enrollment_token(&tx, group.as_deref(), expires_in, None, now)?;
+                otter_server::audit::append(
+                    &tx,
+                    &otter_server::audit::Actor::host("otter-server enroll-token create"),
+                    "enrollment_token.create",
+                    &format!("enrollment_token:{}", made.0.id),
+                    &serde_json::json!({"group": made.0.group, "expires_at": made.0.expires_at}),
+                    now,
+                )?;
+                tx.commit()?;
+                Ok(made)
             })?;
             eprintln!(
                 "created enrollment token {} (group {}, expires at {} Unix time; single-use, shown once, stored only hashed)",

@@ -1,11 +1,13 @@
 //! The `otter-server` binary's administrative subcommands (binary only, not part of the
 //! library): `init`, `token`, `publish`, `enroll-token`, `devices`, `backups`. Each file holds one subcommand.
 
+pub mod audit;
 pub mod backups;
 pub mod devices;
 pub mod enroll_token;
 pub mod init;
 pub mod publish;
+pub mod rollout;
 pub mod token;
 
 use std::path::PathBuf;

@@ -3,8 +3,10 @@
 //! with a busy timeout, and the server looks tokens up on every request.
 
 use anyhow::{bail, Context, Result};
+use otter_server::audit::{self, Actor};
 use otter_server::db::{unix_now, Db};
 use otter_server::tokens::{create_token, list_tokens, revoke_token, TokenRole};
+use rusqlite::TransactionBehavior;
 
 use super::DataDirArgs;
 
@@ -58,7 +60,19 @@ pub fn run(cmd: TokenCommand) -> Result<()> {
         TokenCommand::Create { role, label, dir } => {
             let db = open(&dir)?;
             let (id, token) = db.with_conn_blocking(|c| -> Result<_> {
-                Ok(create_token(c, role, &label, unix_now())?)
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = unix_now();
+                let made = create_token(&tx, role, &label, now)?;
+                audit::append(
+                    &tx,
+                    &Actor::host("otter-server token create"),
+                    "token.create",
+                    &format!("token:{}", made.0),
+                    &serde_json::json!({"role": role, "label": label}),
+                    now,
+                )?;
+                tx.commit()?;
+                Ok(made)
             })?;
             eprintln!("created token {id} with role {role} (shown once; it is stored only hashed)");
             println!("{}", token.expose_dangerous());
@@ -88,8 +102,26 @@ pub fn run(cmd: TokenCommand) -> Result<()> {
         }
         TokenCommand::Revoke { id, dir } => {
             let db = open(&dir)?;
-            let t =
-                db.with_conn_blocking(|c| -> Result<_> { Ok(revoke_token(c, id, unix_now())?) })?;
+            let t = db.with_conn_blocking(|c| -> Result<_> {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = unix_now();
+                let was_valid = list_tokens(&tx)?
+                    .iter()
+                    .any(|t| t.id == id && t.revoked_at.is_none());
+                let t = revoke_token(&tx, id, now)?;
+                if was_valid {
+                    audit::append(
+                        &tx,
+                        &Actor::host("otter-server token revoke"),
+                        "token.revoke",
+                        &format!("token:{id}"),
+                        &serde_json::json!({"role": t.role, "label": t.label}),
+                        now,
+                    )?;
+                }
+                tx.commit()?;
+                Ok(t)
+            })?;
             println!("token {} ({}, {:?}) is revoked", t.id, t.role, t.label);
         }
     }

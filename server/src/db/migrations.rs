@@ -164,6 +164,60 @@ CREATE TABLE backup_manifests (
 ) STRICT;
 "#,
     },
+    Migration {
+        version: 5,
+        name: "rollouts and update outcomes",
+        sql: r#"
+-- The operator's rollout of each release. percent and groups are what the operator set;
+-- what is signed follows from them and the status: active signs them as they are, paused,
+-- halted and aborted sign percent 0 and no groups. evaluate_since starts the window of
+-- outcomes the automatic halt counts (reset by resume).
+CREATE TABLE rollouts (
+    release_id      INTEGER PRIMARY KEY REFERENCES releases(id),
+    percent         INTEGER NOT NULL CHECK (percent BETWEEN 0 AND 100),
+    groups          TEXT    NOT NULL,
+    status          TEXT    NOT NULL CHECK (status IN ('active', 'paused', 'halted', 'aborted')),
+    reason          TEXT,
+    evaluate_since  INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    updated_by      TEXT    NOT NULL
+) STRICT;
+
+-- The last update outcome each device reported for each release.
+CREATE TABLE update_outcomes (
+    release_id   INTEGER NOT NULL REFERENCES releases(id),
+    device_id    TEXT    NOT NULL,
+    result       TEXT    NOT NULL CHECK (result IN ('success', 'failed', 'rolled_back')),
+    reported_at  INTEGER NOT NULL,
+    PRIMARY KEY (release_id, device_id)
+) STRICT;
+"#,
+    },
+    Migration {
+        version: 6,
+        name: "hash-chained audit log",
+        sql: r#"
+-- Every change, append-only. hash = SHA-256(prev_hash || canonical entry bytes), where the
+-- entry bytes are the canonical JSON of seq, at, actor, actor_name, action, subject and
+-- details (the text stored here); prev_hash of entry 1 is 64 zeros. The triggers stop
+-- accidental edits; deliberate ones are found by `otter-server audit verify`.
+CREATE TABLE audit_log (
+    seq         INTEGER PRIMARY KEY CHECK (seq >= 1),
+    at          INTEGER NOT NULL,
+    actor       TEXT    NOT NULL,
+    actor_name  TEXT,
+    action      TEXT    NOT NULL,
+    subject     TEXT    NOT NULL,
+    details     TEXT    NOT NULL,
+    prev_hash   TEXT    NOT NULL,
+    hash        TEXT    NOT NULL UNIQUE
+) STRICT;
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#,
+    },
 ];
 
 /// Brings the schema up to date.

@@ -193,6 +193,23 @@ pub fn enroll(
         "UPDATE enrollment_tokens SET used_at = ?2, used_by_device = ?3 WHERE id = ?1",
         rusqlite::params![token_id, now, device_id],
     )?;
+    crate::audit::append(
+        &tx,
+        &crate::audit::Actor::device(&device_id),
+        "device.enroll",
+        &format!("device:{device_id}"),
+        &serde_json::json!({
+            "hardware_model": req.hardware_model,
+            "group": group,
+            "enrollment_token": token_id,
+            "public_key": req.public_key,
+        }),
+        now,
+    )
+    .map_err(|e| match e {
+        crate::audit::AuditError::Sqlite(e) => FleetError::Sqlite(e),
+        other => FleetError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(other))),
+    })?;
     tx.commit()?;
     Ok(Enrolled {
         device_id,

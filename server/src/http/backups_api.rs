@@ -9,9 +9,16 @@
 //!   the body's SHA-256 must be the pack id. 201 when stored, 200 when it was already.
 //! - `HEAD /api/v1/device/backups/packs/{pack_id}`: 200 (with `Otter-Pack-Length`) when
 //!   the device's pack is stored, else 404, so an agent resumes.
+//! - `GET /api/v1/device/backups/packs/{pack_id}`: the stored ciphertext of one of the
+//!   device's own packs that one of its catalogued manifests references (a restore), with
+//!   one byte range (`Range`, 206). Another device's pack, or a pack no manifest names yet,
+//!   is `backup_pack_not_found` (404): a device reads back only its own backups.
 //! - `POST /api/v1/device/backups/manifests`: the body is a serialized `SignedManifest`;
 //!   201 with `{countersignature, device_id, sequence, header_hash, total_pack_bytes,
 //!   new_pack_bytes}`, 200 with the same receipt when the same manifest comes again.
+//! - `GET /api/v1/device/backups/manifests`: `{sequences, receipts: [{sequence,
+//!   header_hash, countersignature}], receipt_public_key}` for the device's own manifests;
+//!   `GET /api/v1/device/backups/manifests/{sequence}`: one of them, as stored.
 //! - `GET /api/v1/backups[?device=D]` and `GET /api/v1/backups/{device}/{sequence}`
 //!   (admin, operator, auditor, restorer).
 //!
@@ -33,13 +40,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{Auth, ReadBackups};
+use super::conditional::{parse_range, select, Selection};
 use super::device_auth::{authenticate_before_body, SignedDevice};
 use super::error::ApiError;
 use super::upload::{declared_length, spool_body};
 use super::AppState;
 use crate::backups::{
     check_received, insert_manifest, list_manifests, manifest_key, pack_key, pack_length,
-    record_pack, show_manifest, BackupError, ManifestRecord, Received,
+    record_pack, referenced_pack_length, show_manifest, BackupError, ManifestRecord, Received,
 };
 use crate::db::unix_now;
 
@@ -189,6 +197,101 @@ pub async fn head_pack(
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .finish(),
     })
+}
+
+/// `GET /api/v1/device/backups/packs/{pack_id}` (signed by the device, empty body): the
+/// ciphertext of one of the device's own packs that a catalogued manifest references, whole
+/// or one byte range. The stored bytes are sent as they are: the agent checks them against
+/// the pack id and the signed manifest, so the server is not trusted with them.
+#[tracing::instrument(skip_all, fields(device = device.device_id))]
+pub async fn get_pack(
+    device: SignedDevice,
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    use actix_web::body::SizedStream;
+    use object_store::{GetOptions, GetRange, ObjectStoreExt};
+
+    let pack = parse_pack_id(&path.into_inner())?;
+    let id = device.device_id.clone();
+    let known = state
+        .db
+        .call(move |c| Ok(referenced_pack_length(c, &id, &pack)))
+        .await
+        .map_err(db_err)?
+        .map_err(backup_err)?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "backup_pack_not_found",
+            format!("this device has no backed-up pack {pack}"),
+        )
+    };
+    if known.is_none() {
+        tracing::warn!(%pack, "pack read refused: not one of this device's backed-up packs");
+        return Err(not_found());
+    }
+    let key = pack_key(&device.device_id, &pack);
+    let object = crate::store::object_path(&key)
+        .map_err(|e| ApiError::internal("building an object key", &e))?;
+    let store = state.store.inner();
+    let meta = match store.head(&object).await {
+        Ok(m) => m,
+        Err(object_store::Error::NotFound { .. }) => {
+            tracing::error!(%pack, "a catalogued pack is missing from the object store");
+            return Err(not_found());
+        }
+        Err(e) => return Err(ApiError::unavailable("the object store", &e)),
+    };
+    let size = meta.size;
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_range);
+    let (status, start, end) = match select(range, size) {
+        Selection::Full => (StatusCode::OK, 0, size),
+        Selection::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        Selection::Unsatisfiable => {
+            return Ok(HttpResponse::build(StatusCode::RANGE_NOT_SATISFIABLE)
+                .insert_header((header::CONTENT_RANGE, format!("bytes */{size}")))
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .json(json!({ "error": {
+                    "code": "range_not_satisfiable",
+                    "message": format!("the pack is {size} bytes long"),
+                }})));
+        }
+    };
+    let opts = GetOptions {
+        if_match: meta.e_tag.clone(),
+        range: (status == StatusCode::PARTIAL_CONTENT).then_some(GetRange::Bounded(start..end)),
+        ..GetOptions::default()
+    };
+    let got = match store.get_opts(&object, opts).await {
+        Ok(g) if g.range == (start..end) => g,
+        Ok(_) | Err(object_store::Error::Precondition { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the pack changed while it was read; retry",
+            ))
+        }
+        Err(object_store::Error::NotFound { .. }) => return Err(not_found()),
+        Err(e) => return Err(ApiError::unavailable("the object store", &e)),
+    };
+    tracing::info!(%pack, start, end, size, "backup pack read back");
+    let mut res = HttpResponse::build(status);
+    res.insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::CONTENT_TYPE, "application/octet-stream"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        res.insert_header((
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", end - 1),
+        ));
+    }
+    Ok(res.body(SizedStream::new(end - start, got.into_stream())))
 }
 
 /// `POST /api/v1/device/backups/manifests` (signed by the device).
@@ -379,7 +482,8 @@ pub async fn show(
 
 /// `GET /api/v1/device/backups/manifests` (signed by the device): the sequences of the
 /// device's own catalogued manifests, oldest first, so an agent killed after the server
-/// accepted a manifest can pick its chain up again.
+/// accepted a manifest can pick its chain up again; with the server's countersignature of
+/// each and the receipt public key, so a restore checks them.
 #[tracing::instrument(skip_all)]
 pub async fn own_manifests(
     device: SignedDevice,
@@ -393,9 +497,23 @@ pub async fn own_manifests(
         .map_err(db_err)?
         .map_err(backup_err)?;
     let sequences: Vec<u64> = records.iter().map(|r| r.sequence).collect();
+    let receipts: Vec<_> = records
+        .iter()
+        .map(|r| {
+            json!({
+                "sequence": r.sequence,
+                "header_hash": r.header_hash,
+                "countersignature": r.countersignature,
+            })
+        })
+        .collect();
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(json!({ "sequences": sequences })))
+        .json(json!({
+            "sequences": sequences,
+            "receipts": receipts,
+            "receipt_public_key": hex::encode(state.receipt_key.public_bytes()),
+        })))
 }
 
 /// `GET /api/v1/device/backups/manifests/{sequence}` (signed by the device): the stored

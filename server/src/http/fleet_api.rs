@@ -83,13 +83,30 @@ pub async fn create_token(
     let (info, token) = state
         .db
         .call(move |c| {
-            Ok(create_enrollment_token(
-                c,
-                body.group.as_deref(),
-                ttl,
-                Some(caller),
-                unix_now(),
-            ))
+            let tx = c.transaction()?;
+            let now = unix_now();
+            let made = create_enrollment_token(&tx, body.group.as_deref(), ttl, Some(caller), now)
+                .and_then(|(info, token)| {
+                    crate::audit::append(
+                        &tx,
+                        &crate::audit::Actor::token(caller),
+                        "enrollment_token.create",
+                        &format!("enrollment_token:{}", info.id),
+                        &json!({"group": info.group, "expires_at": info.expires_at}),
+                        now,
+                    )
+                    .map_err(|e| match e {
+                        crate::audit::AuditError::Sqlite(e) => FleetError::Sqlite(e),
+                        other => FleetError::Sqlite(rusqlite::Error::ToSqlConversionFailure(
+                            Box::new(other),
+                        )),
+                    })?;
+                    Ok((info, token))
+                });
+            if made.is_ok() {
+                tx.commit()?;
+            }
+            Ok(made)
         })
         .await
         .map_err(db_err)?
@@ -175,12 +192,27 @@ pub async fn report(
     }
     let now = unix_now();
     let id = device.device_id.clone();
+    let outcome = report.last_update.clone();
     state
         .db
         .call(move |c| Ok(store_report(c, &id, &report, now)))
         .await
         .map_err(db_err)?
         .map_err(fleet_err)?;
+    if let Some(outcome) = outcome {
+        // The report is stored; a failure here is the server's, not the device's.
+        if let Err(e) = crate::rollout::after_report(
+            &state.repo,
+            &state.db,
+            &state.rollouts,
+            &device.device_id,
+            outcome,
+        )
+        .await
+        {
+            tracing::error!(error = %e, device = device.device_id, "evaluating the rollout after a report failed");
+        }
+    }
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({ "device_id": device.device_id, "received_at": now })))

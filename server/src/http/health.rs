@@ -1,5 +1,6 @@
 //! `GET /healthz`: the database answers and the store holds the timestamp; `warnings` lists
-//! what needs a person soon (a root close to expiry).
+//! what needs a person soon (a root close to expiry). `GET /readyz`: the same checks, for
+//! load balancers and orchestrators that tell readiness from liveness.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -68,4 +69,10 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
             ),
         ))
     }
+}
+
+/// `GET /readyz`: ready to serve when the database answers and the object store holds the
+/// timestamp (the checks of [`healthz`]); 503 `unhealthy` otherwise.
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    healthz(state).await
 }

@@ -1,15 +1,20 @@
 //! The HTTP layer: routes, shared state, request logging. Handlers parse, call and map
 //! errors to [`error::ApiError`]; the logic lives in the modules they call.
 
+pub mod audit_api;
 pub mod auth;
 pub mod backups_api;
 pub mod conditional;
+pub mod delegations_api;
 pub mod device_auth;
 pub mod error;
 pub mod files;
 pub mod fleet_api;
 pub mod health;
+pub mod metrics;
+pub mod openapi;
 pub mod releases;
+pub mod rollouts_api;
 pub mod tokens_api;
 pub mod upload;
 
@@ -40,6 +45,8 @@ pub struct AppState {
     pub upload_dir: std::path::PathBuf,
     /// Backup limits.
     pub backups: crate::config::BackupsConfig,
+    /// When rollouts halt by themselves.
+    pub rollouts: crate::rollout::RolloutsConfig,
     /// The key that countersigns accepted backup manifests.
     pub receipt_key: Arc<otter_keys::crypto::SigningKey>,
     /// Held while a backup manifest is checked and catalogued.
@@ -63,6 +70,36 @@ pub enum Access {
 pub const API_ROUTES: &[(&str, &str, Access)] = {
     use auth::Policy;
     &[
+        (
+            "GET",
+            "/metrics",
+            Access::Roles(metrics::ReadMetrics::ROLES),
+        ),
+        (
+            "GET",
+            "/api/v1/delegations",
+            Access::Roles(delegations_api::ReadDelegations::ROLES),
+        ),
+        (
+            "POST",
+            "/api/v1/delegations",
+            Access::Roles(delegations_api::ManageDelegations::ROLES),
+        ),
+        (
+            "PUT",
+            "/api/v1/delegations/{name}",
+            Access::Roles(delegations_api::UploadDelegated::ROLES),
+        ),
+        (
+            "DELETE",
+            "/api/v1/delegations/{name}",
+            Access::Roles(delegations_api::ManageDelegations::ROLES),
+        ),
+        (
+            "PUT",
+            "/api/v1/delegations/{name}/targets/{target}",
+            Access::Roles(delegations_api::UploadDelegated::ROLES),
+        ),
         (
             "POST",
             "/api/v1/tokens",
@@ -103,6 +140,51 @@ pub const API_ROUTES: &[(&str, &str, Access)] = {
             "/api/v1/devices",
             Access::Roles(auth::ReadDevices::ROLES),
         ),
+        (
+            "GET",
+            "/api/v1/rollouts",
+            Access::Roles(rollouts_api::ReadRollouts::ROLES),
+        ),
+        (
+            "GET",
+            "/api/v1/rollouts/{name}/{version}",
+            Access::Roles(rollouts_api::ReadRollouts::ROLES),
+        ),
+        (
+            "POST",
+            "/api/v1/rollouts/{name}/{version}/percent",
+            Access::Roles(rollouts_api::ManageRollouts::ROLES),
+        ),
+        (
+            "POST",
+            "/api/v1/rollouts/{name}/{version}/groups",
+            Access::Roles(rollouts_api::ManageRollouts::ROLES),
+        ),
+        (
+            "POST",
+            "/api/v1/rollouts/{name}/{version}/pause",
+            Access::Roles(rollouts_api::ManageRollouts::ROLES),
+        ),
+        (
+            "POST",
+            "/api/v1/rollouts/{name}/{version}/resume",
+            Access::Roles(rollouts_api::ManageRollouts::ROLES),
+        ),
+        (
+            "POST",
+            "/api/v1/rollouts/{name}/{version}/abort",
+            Access::Roles(rollouts_api::ManageRollouts::ROLES),
+        ),
+        (
+            "GET",
+            "/api/v1/audit",
+            Access::Roles(audit_api::ReadAudit::ROLES),
+        ),
+        (
+            "GET",
+            "/api/v1/audit/verify",
+            Access::Roles(audit_api::ReadAudit::ROLES),
+        ),
         ("POST", "/api/v1/enroll", Access::EnrollmentToken),
         ("POST", "/api/v1/device/report", Access::DeviceSignature),
         (
@@ -112,6 +194,11 @@ pub const API_ROUTES: &[(&str, &str, Access)] = {
         ),
         (
             "HEAD",
+            "/api/v1/device/backups/packs/{pack_id}",
+            Access::DeviceSignature,
+        ),
+        (
+            "GET",
             "/api/v1/device/backups/packs/{pack_id}",
             Access::DeviceSignature,
         ),
@@ -153,10 +240,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// [`configure`], reading backup manifests of up to `max_manifest_bytes` into memory.
 pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_bytes: u64) {
     let manifest_cap = usize::try_from(max_manifest_bytes).unwrap_or(usize::MAX);
+    cfg.configure(crate::console::configure);
     cfg.service(
         web::resource("/api/v1/device/backups/packs/{pack_id}")
             .route(web::put().to(backups_api::put_pack))
             .route(web::head().to(backups_api::head_pack))
+            .route(web::get().to(backups_api::get_pack))
             .default_service(web::to(error::method_not_allowed)),
     )
     .service(
@@ -207,6 +296,51 @@ pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_by
                 .default_service(web::to(error::method_not_allowed)),
         )
         .service(
+            web::resource("/api/v1/rollouts")
+                .route(web::get().to(rollouts_api::list))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/rollouts/{name}/{version}")
+                .route(web::get().to(rollouts_api::show))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/rollouts/{name}/{version}/percent")
+                .route(web::post().to(rollouts_api::set_percent))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/rollouts/{name}/{version}/groups")
+                .route(web::post().to(rollouts_api::set_groups))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/rollouts/{name}/{version}/pause")
+                .route(web::post().to(rollouts_api::pause))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/rollouts/{name}/{version}/resume")
+                .route(web::post().to(rollouts_api::resume))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/rollouts/{name}/{version}/abort")
+                .route(web::post().to(rollouts_api::abort))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/audit")
+                .route(web::get().to(audit_api::list))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/audit/verify")
+                .route(web::get().to(audit_api::verify))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
             web::resource("/api/v1/enrollment-tokens")
                 .route(web::post().to(fleet_api::create_token))
                 .default_service(web::to(error::method_not_allowed)),
@@ -229,6 +363,38 @@ pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_by
         .service(
             web::resource("/healthz")
                 .route(web::get().to(health::healthz))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/readyz")
+                .route(web::get().to(health::readyz))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/metrics")
+                .route(web::get().to(metrics::metrics))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/openapi.json")
+                .route(web::get().to(openapi::serve))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/delegations")
+                .route(web::get().to(delegations_api::list))
+                .route(web::post().to(delegations_api::declare))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/delegations/{name}")
+                .route(web::put().to(delegations_api::upload_metadata))
+                .route(web::delete().to(delegations_api::remove))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/delegations/{name}/targets/{target}")
+                .route(web::put().to(delegations_api::upload_target))
                 .default_service(web::to(error::method_not_allowed)),
         )
         .default_service(web::to(error::no_route));

@@ -24,6 +24,10 @@ use crate::repo::RepoError;
 pub struct PublishQuery {
     /// The channel the release goes to; `stable` when absent.
     pub channel: Option<String>,
+    /// The rollout percent it starts at, 0 to 100; 100 when absent.
+    pub percent: Option<u64>,
+    /// Comma-separated groups whose devices get it whatever the percent.
+    pub groups: Option<String>,
 }
 
 /// Maps repository errors to responses.
@@ -62,10 +66,17 @@ pub async fn publish(
             format!("the query string is invalid: {e}"),
         )
     })?;
-    let channel = query
-        .into_inner()
-        .channel
-        .unwrap_or_else(|| "stable".into());
+    let query = query.into_inner();
+    let rollout = crate::rollout::RolloutSpec::new(
+        query.percent.unwrap_or(100),
+        query
+            .groups
+            .as_deref()
+            .map(super::rollouts_api::split_groups)
+            .unwrap_or_default(),
+    )
+    .map_err(|e| ApiError::bad_request("invalid_rollout", e.to_string()))?;
+    let channel = query.channel.unwrap_or_else(|| "stable".into());
     if !is_label(&channel) {
         return Err(ApiError::bad_request(
             "invalid_channel",
@@ -115,6 +126,7 @@ pub async fn publish(
             ]),
             channel,
             published_by: auth.caller.id,
+            rollout,
         })
         .await
         .map_err(repo_err)?;
@@ -156,7 +168,7 @@ pub async fn yank(
     let (name, version) = path.into_inner();
     let versions = state
         .repo
-        .yank_release(&name, &version)
+        .yank_release(&name, &version, &crate::audit::Actor::token(auth.caller.id))
         .await
         .map_err(repo_err)?;
     tracing::info!(release = %name, version = %version, targets = versions.targets, by = auth.caller.id, "release yanked");

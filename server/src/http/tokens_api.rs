@@ -30,6 +30,30 @@ fn token_err(e: TokenError) -> ApiError {
     }
 }
 
+/// Appends a token change to the audit log (inside the change's transaction).
+fn audit_token(
+    conn: &rusqlite::Connection,
+    caller: i64,
+    action: &str,
+    id: i64,
+    details: serde_json::Value,
+    now: i64,
+) -> Result<(), TokenError> {
+    crate::audit::append(
+        conn,
+        &crate::audit::Actor::token(caller),
+        action,
+        &format!("token:{id}"),
+        &details,
+        now,
+    )
+    .map(|_| ())
+    .map_err(|e| match e {
+        crate::audit::AuditError::Sqlite(e) => TokenError::Sqlite(e),
+        other => TokenError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(other))),
+    })
+}
+
 /// `POST /api/v1/tokens` (admin): 201 with `{id, role, label, token}`.
 #[tracing::instrument(skip_all, fields(caller = auth.caller.id))]
 pub async fn create(
@@ -50,9 +74,28 @@ pub async fn create(
         .map_err(|e: String| ApiError::bad_request("invalid_role", e))?;
     check_label(&body.label).map_err(token_err)?;
     let label = body.label.clone();
+    let caller = auth.caller.id;
     let (id, token) = state
         .db
-        .call(move |c| Ok(create_token(c, role, &label, unix_now())))
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let now = unix_now();
+            let made = create_token(&tx, role, &label, now).and_then(|(id, token)| {
+                audit_token(
+                    &tx,
+                    caller,
+                    "token.create",
+                    id,
+                    json!({"role": role, "label": label}),
+                    now,
+                )?;
+                Ok((id, token))
+            });
+            if made.is_ok() {
+                tx.commit()?;
+            }
+            Ok(made)
+        })
         .await
         .map_err(|e| ApiError::unavailable("the database", &e))?
         .map_err(token_err)?;
@@ -95,9 +138,37 @@ pub async fn revoke(
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_id", "a token id is a number"))?;
+    let caller = auth.caller.id;
     let info = state
         .db
-        .call(move |c| Ok(revoke_token(c, id, unix_now())))
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let now = unix_now();
+            let was_valid: Option<bool> = tx
+                .query_row(
+                    "SELECT revoked_at IS NULL FROM api_tokens WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .ok();
+            let revoked = revoke_token(&tx, id, now).and_then(|info| {
+                if was_valid == Some(true) {
+                    audit_token(
+                        &tx,
+                        caller,
+                        "token.revoke",
+                        id,
+                        json!({"role": info.role, "label": info.label}),
+                        now,
+                    )?;
+                }
+                Ok(info)
+            });
+            if revoked.is_ok() {
+                tx.commit()?;
+            }
+            Ok(revoked)
+        })
         .await
         .map_err(|e| ApiError::unavailable("the database", &e))?
         .map_err(token_err)?;

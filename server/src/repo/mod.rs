@@ -7,6 +7,7 @@
 //! next start writes whatever the database holds and the store lacks.
 
 pub mod build;
+pub mod delegated;
 pub mod dev;
 pub mod names;
 pub mod production;
@@ -187,6 +188,7 @@ impl Repository {
         let mode = db.call(|c| records::mode(c)).await?;
         let (state, keys, created, mode) = match mode.as_deref() {
             None => {
+                refuse_foreign_repository(&store).await?;
                 let (state, keys, created) = init_development(&db, keys_dir, &lifetimes).await?;
                 (state, keys, Some(created), RepoMode::Development)
             }
@@ -337,6 +339,7 @@ impl Repository {
     /// Makes the store hold every root version and the current state, writing only what is
     /// missing or different (so immutable files keep their ETags), the timestamp last.
     async fn republish(&self, state: &RepoState) -> Result<(), RepoError> {
+        self.republish_delegated(state).await?;
         let roots = self.db.call(|c| records::all_roots(c)).await?;
         let mut files: Vec<(String, Vec<u8>)> = roots
             .into_iter()
@@ -367,6 +370,20 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| RepoError::Task(e.to_string()))?
+}
+
+/// A new repository must not overwrite one already in the store (a shared bucket, or the
+/// store of a lost data dir): its root and releases would be replaced under the terminals.
+pub(crate) async fn refuse_foreign_repository(store: &Store) -> Result<(), RepoError> {
+    if store.holds_repository().await? {
+        return Err(RepoError::Setup(format!(
+            "the store {} already holds a TUF repository (repo/metadata/1.root.json) that \
+             this data dir does not know; refusing to overwrite it. Use a new bucket or \
+             prefix, or start with the data dir that belongs to that store",
+            store.url()
+        )));
+    }
+    Ok(())
 }
 
 async fn init_development(

@@ -16,8 +16,10 @@ use serde_json::{json, Value};
 
 use super::build::{self, Lifetimes, OnlineKeys, RepoState, SignedFile, TopRole};
 use super::{records, RepoError, Repository, Versions};
+use crate::audit::{self, Actor};
 use crate::bundle::ValidatedBundle;
 use crate::db::DbError;
+use crate::rollout::RolloutSpec;
 use crate::store::target_key;
 
 /// An uploaded bundle that passed validation, ready to publish.
@@ -35,6 +37,8 @@ pub struct NewRelease {
     pub channel: String,
     /// The token that published it.
     pub published_by: i64,
+    /// The rollout it starts with (percent and groups).
+    pub rollout: RolloutSpec,
 }
 
 /// A release as listed.
@@ -64,15 +68,20 @@ pub struct ReleaseInfo {
     pub yanked_at: Option<i64>,
 }
 
-/// The signed `custom` member of a release's target entry.
+/// The signed `custom` member of a release's target entry, rolled out to everyone.
 pub fn custom_of(bundle: &ValidatedBundle, channel: &str) -> Value {
+    custom_with(bundle, channel, &RolloutSpec::default())
+}
+
+/// The signed `custom` member of a release's target entry with `rollout`.
+pub fn custom_with(bundle: &ValidatedBundle, channel: &str, rollout: &RolloutSpec) -> Value {
     let m = &bundle.manifest;
     let mut c = json!({
         "kind": m.kind.as_str(),
         "version": m.version,
         "hardware": m.hardware,
         "channel": channel,
-        "rollout": {"percent": 100, "groups": []},
+        "rollout": rollout.signed(),
     });
     if let (Some(min), Some(obj)) = (&m.min_installed_version, c.as_object_mut()) {
         obj.insert("min_installed_version".into(), json!(min));
@@ -124,7 +133,10 @@ impl Repository {
         let entry = TargetFile {
             length: r.length,
             hashes: r.hashes.clone(),
-            extra: BTreeMap::from([("custom".to_string(), custom_of(&r.bundle, &r.channel))]),
+            extra: BTreeMap::from([(
+                "custom".to_string(),
+                custom_with(&r.bundle, &r.channel, &r.rollout),
+            )]),
         };
         let (next, changed) = replace_targets(
             &state,
@@ -153,6 +165,7 @@ impl Repository {
         let row = info.clone();
         let manifest_bytes = r.bundle.manifest_bytes.clone();
         let by = r.published_by;
+        let rollout = r.rollout.clone();
         let inserted = self
             .commit_and_publish(&mut state, next, changed, now, move |tx| {
                 let hardware = serde_json::to_string(&row.hardware)
@@ -177,14 +190,34 @@ impl Repository {
                     ],
                 );
                 match res {
-                    Ok(_) => Ok(true),
+                    Ok(_) => {}
                     Err(rusqlite::Error::SqliteFailure(e, _))
                         if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                     {
-                        Ok(false)
+                        return Ok(false)
                     }
-                    Err(e) => Err(e.into()),
+                    Err(e) => return Err(e.into()),
                 }
+                let release_id = tx.last_insert_rowid();
+                crate::rollout::insert_initial(tx, release_id, &rollout, by, row.published_at)?;
+                audit::append(
+                    tx,
+                    &Actor::token(by),
+                    "release.publish",
+                    &format!("release:{}/{}", row.name, row.version),
+                    &json!({
+                        "target": row.target,
+                        "sha256": row.sha256,
+                        "length": row.length,
+                        "channel": row.channel,
+                        "hardware": row.hardware,
+                        "rollout": rollout.signed(),
+                        "targets_version": row.targets_version,
+                    }),
+                    row.published_at,
+                )
+                .map_err(audit::db_error)?;
+                Ok(true)
             })
             .await?;
         match inserted {
@@ -194,8 +227,14 @@ impl Repository {
     }
 
     /// Yanks a release: a new targets version without its entry. The bundle stays in the
-    /// store (older metadata names it) and its name and version stay taken.
-    pub async fn yank_release(&self, name: &str, version: &str) -> Result<Versions, RepoError> {
+    /// store (older metadata names it) and its name and version stay taken. The yank is
+    /// audited as `actor`'s, in the same transaction.
+    pub async fn yank_release(
+        &self,
+        name: &str,
+        version: &str,
+        actor: &Actor,
+    ) -> Result<Versions, RepoError> {
         let mut state = self.state.lock().await;
         let (n, v) = (name.to_owned(), version.to_owned());
         let row: Option<(String, Option<i64>)> = self
@@ -235,6 +274,7 @@ impl Repository {
         .map_err(super::metadata_err("signing the new targets"))?;
         build::verify_state(&next).map_err(RepoError::Inconsistent)?;
         let (n, v) = (name.to_owned(), version.to_owned());
+        let (actor, targets_version) = (actor.clone(), next.targets.version());
         let done = self
             .commit_and_publish(&mut state, next, changed, now, move |tx| {
                 let changed = tx.execute(
@@ -242,12 +282,69 @@ impl Repository {
                      WHERE name = ?1 AND version = ?2 AND yanked_at IS NULL",
                     rusqlite::params![n, v, now.unix()],
                 )?;
-                Ok(changed == 1)
+                if changed != 1 {
+                    return Ok(false);
+                }
+                audit::append(
+                    tx,
+                    &actor,
+                    "release.yank",
+                    &format!("release:{n}/{v}"),
+                    &json!({"target": target, "targets_version": targets_version}),
+                    now.unix(),
+                )
+                .map_err(audit::db_error)?;
+                Ok(true)
             })
             .await?;
         done.ok_or_else(|| {
             RepoError::Conflict(format!("release {name} {version} is yanked already"))
         })
+    }
+
+    /// Re-signs the targets with `target`'s signed `custom.rollout` replaced by `rollout`
+    /// (then snapshot and timestamp), committing `extra` in the same transaction: the
+    /// publish path's signing and crash-safe order. `Ok(None)` when `extra` declined (nothing
+    /// changed); [`RepoError::NotFound`] when the current targets do not carry `target`.
+    pub async fn resign_target_rollout<F>(
+        &self,
+        target: &str,
+        rollout: Value,
+        extra: F,
+    ) -> Result<Option<Versions>, RepoError>
+    where
+        F: FnOnce(&rusqlite::Transaction, u64) -> Result<bool, DbError> + Send + 'static,
+    {
+        let mut state = self.state.lock().await;
+        if !state.targets.signed().targets.contains_key(target) {
+            return Err(RepoError::NotFound(format!(
+                "the signed targets do not carry {target} (yanked?)"
+            )));
+        }
+        let now = UtcTime::now();
+        let (next, changed) = replace_targets(
+            &state,
+            |t| {
+                if let Some(custom) = t
+                    .targets
+                    .get_mut(target)
+                    .and_then(|e| e.extra.get_mut("custom"))
+                    .and_then(Value::as_object_mut)
+                {
+                    custom.insert("rollout".into(), rollout);
+                }
+            },
+            &self.keys,
+            now,
+            &self.lifetimes,
+        )
+        .map_err(super::metadata_err("signing the new targets"))?;
+        build::verify_state(&next).map_err(RepoError::Inconsistent)?;
+        let targets_version = next.targets.version();
+        self.commit_and_publish(&mut state, next, changed, now, move |tx| {
+            extra(tx, targets_version)
+        })
+        .await
     }
 
     /// Every release, newest first.

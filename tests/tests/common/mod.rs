@@ -21,11 +21,12 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A command for a workspace binary, without the caller's OTTER_* environment.
+/// A command for a workspace binary, without the caller's OTTER_* (and AWS_*, which the
+/// S3 store reads) environment.
 pub fn command(name: &str) -> Command {
     let mut c = Command::new(bin(name));
     for (k, _) in std::env::vars() {
-        if k.starts_with("OTTER_") {
+        if k.starts_with("OTTER_") || k.starts_with("AWS_") {
             c.env_remove(k);
         }
     }
@@ -53,7 +54,18 @@ impl ServerGuard {
     /// Starts `otter-server serve` on 127.0.0.1:0 with `--data-dir DATA` and `extra`
     /// arguments, its log in `log`; waits until it says where it listens.
     pub fn start(data: &Path, extra: &[&std::ffi::OsStr], log: &Path) -> ServerGuard {
+        ServerGuard::start_env(data, extra, &[], log)
+    }
+
+    /// [`ServerGuard::start`] with extra environment variables (e.g. S3 credentials).
+    pub fn start_env(
+        data: &Path,
+        extra: &[&std::ffi::OsStr],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> ServerGuard {
         let mut child = command("otter-server")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(extra)

@@ -1,0 +1,414 @@
+//! `otter-agent restore`: the command-line glue around [`otter_agent::backup::restore`]:
+//! which backup, the server's receipt key pinned in the state dir, the application stopped
+//! and started through configured commands (or an online restore), a dry run that tells
+//! what the restore would lose, and a progress bar on a terminal.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use otter_agent::backup::http::parse_receipt_key;
+use otter_agent::backup::index::BackupState;
+use otter_agent::backup::restore::{live_row_counts, processes_using, rows_lost, ProgressFn};
+use otter_agent::backup::{prepare, HttpBackupStore, ReceiptCheck, RestoreOptions, Selector};
+use otter_agent::device::{AgentState, DeviceError, Identity};
+use otter_keys::time::UtcTime;
+
+/// Name, in the backup state dir, of the pinned server receipt public key (hex).
+const RECEIPT_KEY_FILE: &str = "receipt-key";
+
+/// Options of `otter-agent restore`.
+#[derive(clap::Args)]
+#[command(
+    group(clap::ArgGroup::new("which").required(true).args(["latest", "id", "before"])),
+    after_help = "\
+Everything is verified before the live database is touched: the device's signature on every
+manifest of the chain, the chain itself, the server's countersignature of each (its receipt key
+is pinned in STATE/backup/receipt-key on first use), every pack's hash, every page's keyed id,
+the whole-file hashes, PRAGMA integrity_check and the row counts. Then the database is replaced
+by one atomic rename (the application stopped), or copied in through SQLite's backup API
+(--online). If anything fails the live database is left exactly as it was.
+
+Commands (--stop-command, --start-command) are run without a shell: a JSON array of strings
+([\"systemctl\",\"stop\",\"pos.service\"]) or words separated by spaces.
+
+Examples:
+  otter-agent restore --latest --dry-run
+  otter-agent restore --before 2026-11-25T12:00:00Z \\
+      --stop-command 'systemctl stop pos.service' --start-command 'systemctl start pos.service'
+  otter-agent restore --id 42 --online"
+)]
+pub struct RestoreArgs {
+    /// The agent's state dir (enrolled with `otter-agent enroll`).
+    #[arg(long, env = "OTTER_STATE_DIR", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// The live SQLite database to restore.
+    #[arg(long, env = "OTTER_DATABASE", value_name = "FILE")]
+    database: PathBuf,
+    /// Restore the newest backup.
+    #[arg(long)]
+    latest: bool,
+    /// Restore the backup with this sequence number.
+    #[arg(long, value_name = "ID")]
+    id: Option<u64>,
+    /// Restore the newest backup taken at or before this time (RFC 3339, e.g.
+    /// 2026-11-25T12:00:00Z or 2026-11-25T13:00:00+01:00).
+    #[arg(long, value_name = "TIME")]
+    before: Option<String>,
+    /// Verify everything and tell what the restore would lose, but change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Copy the backup into the live database through SQLite's backup API while the
+    /// application runs (it waits on the database lock), instead of replacing the file.
+    #[arg(long, conflicts_with_all = ["stop_command", "start_command"])]
+    online: bool,
+    /// Command that stops the application before the database is replaced.
+    #[arg(long, env = "OTTER_RESTORE_STOP_COMMAND", value_name = "COMMAND")]
+    stop_command: Option<String>,
+    /// Command that starts the application again (also run when the replace failed).
+    #[arg(long, env = "OTTER_RESTORE_START_COMMAND", value_name = "COMMAND")]
+    start_command: Option<String>,
+    /// The server's backup receipt public key (64 hex digits), instead of the pinned one.
+    #[arg(long, env = "OTTER_RECEIPT_KEY", value_name = "HEX")]
+    receipt_key: Option<String>,
+    /// How long an online restore waits for the application's locks.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    busy_timeout: u64,
+}
+
+/// Parses a command: a JSON array of strings, or words separated by white space.
+fn parse_command(text: &str, flag: &str) -> Result<Vec<String>> {
+    let text = text.trim();
+    let argv: Vec<String> = if text.starts_with('[') {
+        serde_json::from_str(text)
+            .with_context(|| format!("{flag}: not a JSON array of strings"))?
+    } else {
+        text.split_whitespace().map(str::to_owned).collect()
+    };
+    if argv.first().is_none_or(String::is_empty) {
+        bail!("{flag} is empty");
+    }
+    Ok(argv)
+}
+
+/// Runs a configured command; fails unless it exits 0.
+fn run_command(argv: &[String], what: &str) -> Result<()> {
+    let (program, args) = argv
+        .split_first()
+        .with_context(|| format!("the {what} command is empty"))?;
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run the {what} command {program:?}"))?;
+    if !status.success() {
+        bail!("the {what} command {argv:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Parses RFC 3339 (`Z` or a `±HH:MM` offset, optional fraction of a second, dropped: backup
+/// times are whole seconds) into UTC.
+fn parse_time(text: &str) -> Result<UtcTime> {
+    let t = text.trim();
+    let bad = || {
+        anyhow::anyhow!(
+            "--before {t:?} is not an RFC 3339 time such as 2026-11-25T12:00:00Z or \
+             2026-11-25T13:00:00+01:00"
+        )
+    };
+    if t.len() < 20 || !t.is_char_boundary(19) {
+        return Err(bad());
+    }
+    let (main, mut rest) = t.split_at(19);
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        rest = &frac[digits..];
+    }
+    let offset_secs: i64 = match rest {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            let h: i64 = o[1..3].parse().map_err(|_| bad())?;
+            let m: i64 = o[4..6].parse().map_err(|_| bad())?;
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
+            let s = h * 3600 + m * 60;
+            if o.starts_with('-') {
+                -s
+            } else {
+                s
+            }
+        }
+        _ => return Err(bad()),
+    };
+    let local: UtcTime = format!("{}Z", main.replace('t', "T"))
+        .parse()
+        .map_err(|_| bad())?;
+    Ok(local.plus_secs(-offset_secs))
+}
+
+/// Checks the server's receipt key against `--receipt-key` or the pinned one; pins it on
+/// first use.
+fn pinned_receipt_key(state: &BackupState, from_server: &str, given: Option<&str>) -> Result<()> {
+    let path = state.dir().join(RECEIPT_KEY_FILE);
+    let expected = match given {
+        Some(g) => Some(g.trim().to_ascii_lowercase()),
+        None => match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim().to_ascii_lowercase()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        },
+    };
+    match expected {
+        Some(e) if e == from_server => Ok(()),
+        Some(e) => bail!(
+            "the server's backup receipt key {from_server} is not the expected {e} \
+             ({}): the server was replaced or its key rotated; check with the server's \
+             admin, then pass --receipt-key or remove the pinned file; the live database \
+             was not touched",
+            given.map_or_else(|| path.display().to_string(), |_| "--receipt-key".into())
+        ),
+        None => {
+            std::fs::create_dir_all(state.dir())
+                .with_context(|| format!("creating {}", state.dir().display()))?;
+            otter_keys::atomic::write_atomic(&path, format!("{from_server}\n").as_bytes(), 0o644)
+                .with_context(|| format!("pinning the receipt key in {}", path.display()))?;
+            eprintln!(
+                "pinned the server's backup receipt key {from_server} in {}",
+                path.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn progress_bar() -> Option<(indicatif::ProgressBar, ProgressFn)> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message("fetching and verifying packs");
+    let b = bar.clone();
+    let f: ProgressFn = Arc::new(move |done, total| {
+        b.set_length(total);
+        b.set_position(done);
+    });
+    Some((bar, f))
+}
+
+fn describe_loss(
+    live: &Result<std::collections::BTreeMap<String, u64>>,
+    backup: &std::collections::BTreeMap<String, u64>,
+) -> String {
+    match live {
+        Err(e) => format!("the live database's rows cannot be counted ({e:#}); nothing to compare"),
+        Ok(live) => {
+            let lost = rows_lost(live, backup);
+            if lost.is_empty() {
+                "no table has more rows live than in the backup".into()
+            } else {
+                let parts: Vec<String> = lost
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{}: {} rows (live {}, backup {})",
+                            l.table,
+                            l.live - l.backup,
+                            l.live,
+                            l.backup
+                        )
+                    })
+                    .collect();
+                format!(
+                    "rows newer than the backup would be lost: {}",
+                    parts.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// `otter-agent restore`.
+pub fn restore(a: RestoreArgs) -> Result<()> {
+    let selector = match (a.latest, a.id, &a.before) {
+        (true, None, None) => Selector::Latest,
+        (false, Some(n), None) => Selector::Sequence(n),
+        (false, None, Some(t)) => Selector::AtOrBefore(parse_time(t)?),
+        _ => bail!("give exactly one of --latest, --id and --before"),
+    };
+    let stop = a
+        .stop_command
+        .as_deref()
+        .map(|c| parse_command(c, "--stop-command"))
+        .transpose()?;
+    let start = a
+        .start_command
+        .as_deref()
+        .map(|c| parse_command(c, "--start-command"))
+        .transpose()?;
+    if a.online && (stop.is_some() || start.is_some()) {
+        bail!("--online restores while the application runs: do not give stop/start commands");
+    }
+    let state = AgentState::load(&a.state_dir)?.ok_or_else(|| DeviceError::NotEnrolled {
+        dir: a.state_dir.clone(),
+    })?;
+    let identity = Identity::load(&a.state_dir)?;
+    let store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)?;
+    let backup_state = BackupState::new(&a.state_dir, &state.device_id);
+
+    let receipts = store.receipts()?;
+    if let Some(k) = &a.receipt_key {
+        parse_receipt_key(k).context("--receipt-key")?;
+    }
+    pinned_receipt_key(
+        &backup_state,
+        &receipts.receipt_public_hex,
+        a.receipt_key.as_deref(),
+    )?;
+    let known_head = match backup_state.load() {
+        Ok(index) => match index.head {
+            Some(h) => Some((h.sequence, h.hash()?)),
+            None => None,
+        },
+        Err(e) => {
+            eprintln!(
+                "warning: the local backup index is unreadable ({e}); the chain is checked \
+                 without the head this terminal recorded"
+            );
+            None
+        }
+    };
+    let bar = progress_bar();
+    let options = RestoreOptions {
+        known_head,
+        receipts: Some(ReceiptCheck {
+            server_key: receipts.receipt_public_key.clone(),
+            by_sequence: receipts.by_sequence.clone(),
+        }),
+        progress: bar.as_ref().map(|(_, f)| Arc::clone(f)),
+        ..RestoreOptions::default()
+    };
+    let prepared = prepare(
+        &store,
+        &state.device_id,
+        &identity.signing.public_key(),
+        &identity.backup,
+        selector,
+        &a.database,
+        &options,
+    );
+    if let Some((b, _)) = &bar {
+        b.finish_and_clear();
+    }
+    let prepared = prepared?;
+    let r = prepared.report().clone();
+    println!(
+        "verified backup #{} of device {} (taken {}, header {}): {} manifests, {} packs \
+         ({} bytes), {} pages, {} bytes of database",
+        r.sequence,
+        state.device_id,
+        r.created,
+        r.header_hash,
+        r.manifests_checked,
+        r.packs,
+        r.pack_bytes,
+        r.pages,
+        r.database_bytes
+    );
+    if a.dry_run {
+        let live = live_row_counts(&a.database).map_err(anyhow::Error::from);
+        println!("dry run: {}", describe_loss(&live, prepared.row_counts()));
+        println!("dry run: {} was not changed", a.database.display());
+        return Ok(());
+    }
+
+    if let Some(argv) = &stop {
+        run_command(argv, "stop").context("the live database was not touched")?;
+    }
+    let result = (|| -> Result<()> {
+        let live = live_row_counts(&a.database).map_err(anyhow::Error::from);
+        let loss = describe_loss(&live, prepared.row_counts());
+        if a.online {
+            prepared.apply_online(&a.database, Duration::from_secs(a.busy_timeout))?;
+        } else {
+            let users = processes_using(&a.database);
+            if !users.is_empty() {
+                bail!(
+                    "processes {users:?} have {} open: stop the application first \
+                     (--stop-command) or restore with --online; the live database was not \
+                     touched",
+                    a.database.display()
+                );
+            }
+            prepared.replace(&a.database)?;
+        }
+        println!(
+            "restored backup #{} into {}{}; {loss}",
+            r.sequence,
+            a.database.display(),
+            if a.online { " (online)" } else { "" }
+        );
+        Ok(())
+    })();
+    if stop.is_some() || start.is_some() {
+        if let Some(argv) = &start {
+            if let Err(e) = run_command(argv, "start") {
+                return match result {
+                    Ok(()) => Err(e.context("the database was restored")),
+                    Err(r) => Err(r.context(format!("and starting the application failed: {e:#}"))),
+                };
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_with_offsets_and_fractions() {
+        let z: UtcTime = "2026-11-25T12:00:00Z".parse().unwrap();
+        assert_eq!(parse_time("2026-11-25T12:00:00Z").unwrap(), z);
+        assert_eq!(parse_time("2026-11-25T13:00:00+01:00").unwrap(), z);
+        assert_eq!(parse_time("2026-11-25T10:30:00-01:30").unwrap(), z);
+        assert_eq!(parse_time("2026-11-25T12:00:00.999Z").unwrap(), z);
+        for bad in [
+            "",
+            "yesterday",
+            "2026-11-25",
+            "2026-11-25T12:00:00",
+            "2026-11-25T12:00:00+1",
+            "2026-11-25T12:00:00.Z",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn commands_are_json_arrays_or_words() {
+        assert_eq!(
+            parse_command(r#"["systemctl","stop","pos app"]"#, "--x").unwrap(),
+            ["systemctl", "stop", "pos app"]
+        );
+        assert_eq!(
+            parse_command(" systemctl  stop pos ", "--x").unwrap(),
+            ["systemctl", "stop", "pos"]
+        );
+        assert!(parse_command("  ", "--x").is_err());
+        assert!(parse_command("[]", "--x").is_err());
+        assert!(parse_command("[1]", "--x").is_err());
+    }
+}

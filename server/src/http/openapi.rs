@@ -1,0 +1,477 @@
+//! The OpenAPI 3.1 document of the HTTP API, served at `GET /api/v1/openapi.json` and
+//! rendered as the Markdown reference `docs/api.md` (`otter-server openapi --markdown`).
+//!
+//! Its operations are generated from [`super::API_ROUTES`], the same table the authorization
+//! test walks, so no route can be missing and the roles shown are the ones enforced
+//! (`x-otter-access`); request and response schemas of the main endpoints are written by
+//! hand below. The public routes outside that table (health, repository files, this
+//! document) are listed in [`PUBLIC_ROUTES`].
+
+use std::fmt::Write as _;
+
+use actix_web::http::header;
+use actix_web::HttpResponse;
+use serde_json::{json, Map, Value};
+
+use super::{Access, API_ROUTES};
+
+/// Routes anyone may call, with what they do: not in [`API_ROUTES`] because no
+/// authorization applies.
+pub const PUBLIC_ROUTES: &[(&str, &str, &str)] = &[
+    (
+        "GET",
+        "/healthz",
+        "Liveness: the database answers and the store holds the timestamp; warnings (root near expiry).",
+    ),
+    (
+        "GET",
+        "/readyz",
+        "Readiness: the same checks as /healthz, for load balancers.",
+    ),
+    (
+        "GET",
+        "/api/v1/openapi.json",
+        "This OpenAPI document.",
+    ),
+    (
+        "GET",
+        "/repo/metadata/{file}",
+        "TUF metadata: root.json, timestamp.json (no-cache) and VERSION.ROLE.json (immutable). Also HEAD, Range, ETag.",
+    ),
+    (
+        "GET",
+        "/repo/targets/{file}",
+        "Target files as SHA256.NAME (immutable). Also HEAD, Range, ETag.",
+    ),
+];
+
+/// `GET /api/v1/openapi.json`: the document (public: it holds no secret).
+pub async fn serve() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .json(document())
+}
+
+fn error_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "description": "Stable machine code, e.g. forbidden, invalid_token, version_rollback."},
+                "message": {"type": "string", "description": "What failed and what to do."}
+            }
+        }}
+    })
+}
+
+fn versions_schema() -> Value {
+    json!({"$ref": "#/components/schemas/Versions"})
+}
+
+/// What the hand-written part says about one operation.
+struct Described {
+    summary: &'static str,
+    request: Option<(&'static str, Value)>,
+    success: u16,
+    response: Option<(&'static str, Value)>,
+}
+
+fn described(method: &str, path: &str) -> Described {
+    let d = |summary, request, success, response| Described {
+        summary,
+        request,
+        success,
+        response,
+    };
+    let j = "application/json";
+    let obj = |v: Value| Some((j, v));
+    match (method, path) {
+        ("GET", "/metrics") => d(
+            "Prometheus metrics (text exposition format 0.0.4)",
+            None,
+            200,
+            Some(("text/plain; version=0.0.4", json!({"type": "string"}))),
+        ),
+        ("POST", "/api/v1/tokens") => d(
+            "Create an API token (shown once)",
+            obj(json!({"type": "object", "required": ["role", "label"], "additionalProperties": false,
+                "properties": {"role": {"enum": ["admin", "publisher", "operator", "auditor", "restorer"]},
+                               "label": {"type": "string"}}})),
+            201,
+            obj(json!({"type": "object", "properties": {"id": {"type": "integer"}, "token": {"type": "string"},
+                "role": {"type": "string"}, "label": {"type": "string"}}})),
+        ),
+        ("GET", "/api/v1/tokens") => d("List API tokens (never the tokens themselves)", None, 200,
+            obj(json!({"type": "object", "properties": {"tokens": {"type": "array", "items": {"type": "object"}}}}))),
+        ("DELETE", "/api/v1/tokens/{id}") => d("Revoke an API token", None, 200, None),
+        ("POST", "/api/v1/releases") => d(
+            "Publish a release bundle (zstd tar with manifest.json); query `channel` (default stable)",
+            Some(("application/octet-stream", json!({"type": "string", "contentMediaType": "application/zstd"}))),
+            201,
+            obj(json!({"type": "object", "properties": {"release": {"$ref": "#/components/schemas/Release"}, "versions": versions_schema()}})),
+        ),
+        ("GET", "/api/v1/releases") => d("List releases, newest first", None, 200,
+            obj(json!({"type": "object", "properties": {"releases": {"type": "array", "items": {"$ref": "#/components/schemas/Release"}}}}))),
+        ("DELETE", "/api/v1/releases/{name}/{version}") => d("Yank a release (new targets without it)", None, 200,
+            obj(json!({"type": "object", "properties": {"yanked": {"type": "object"}, "versions": versions_schema()}}))),
+        ("POST", "/api/v1/enrollment-tokens") => d(
+            "Create a single-use enrollment token",
+            obj(json!({"type": "object", "additionalProperties": false, "properties": {
+                "group": {"type": "string"}, "expires_in_secs": {"type": "integer", "minimum": 1}}})),
+            201, None),
+        ("GET", "/api/v1/devices") => d("List devices; query `group`, `model`", None, 200,
+            obj(json!({"type": "object", "properties": {"devices": {"type": "array", "items": {"type": "object"}}}}))),
+        ("POST", "/api/v1/enroll") => d(
+            "Enroll a device with an enrollment token",
+            obj(json!({"type": "object", "required": ["token", "public_key", "backup_recipient", "hardware_model"],
+                "properties": {"token": {"type": "string"}, "public_key": {"type": "string", "description": "ed25519, 64 hex digits"},
+                    "backup_recipient": {"type": "string", "description": "age X25519 recipient"}, "hardware_model": {"type": "string"}}})),
+            201,
+            obj(json!({"type": "object", "properties": {"device_id": {"type": "string"}}})),
+        ),
+        ("POST", "/api/v1/device/report") => d(
+            "A device reports installed versions, the last update, health and security events",
+            obj(json!({"type": "object", "additionalProperties": false, "properties": {
+                "installed": {"type": "object", "additionalProperties": {"type": "string"}},
+                "last_update": {"type": "object", "properties": {"target": {"type": "string"},
+                    "result": {"enum": ["success", "failed", "rolled_back"]}, "message": {"type": "string"}, "at": {"type": "integer"}}},
+                "health": {"enum": ["unknown", "ok", "degraded", "failing"]},
+                "security_events": {"type": "array", "items": {"type": "object"}},
+                "agent_version": {"type": "string"}}})),
+            200, None),
+        ("GET", "/api/v1/delegations") => d("List delegated targets roles", None, 200,
+            obj(json!({"type": "object", "properties": {"delegations": {"type": "array", "items": {"$ref": "#/components/schemas/Delegation"}}}}))),
+        ("POST", "/api/v1/delegations") => d(
+            "Declare or replace a delegated targets role (201 new, 200 replaced); re-signs targets, snapshot, timestamp",
+            obj(json!({"type": "object", "required": ["name", "keys", "threshold", "paths"], "additionalProperties": false,
+                "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                    "keys": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/TufKey"}},
+                    "threshold": {"type": "integer", "minimum": 1},
+                    "paths": {"type": "array", "minItems": 1, "items": {"type": "string", "description": "shell-style pattern without '/'"}},
+                    "terminating": {"type": "boolean", "default": false}}})),
+            201,
+            obj(json!({"type": "object", "properties": {"delegation": {"$ref": "#/components/schemas/Delegation"},
+                "created": {"type": "boolean"}, "metadata_dropped": {"type": "boolean"}, "versions": versions_schema()}})),
+        ),
+        ("PUT", "/api/v1/delegations/{name}") => d(
+            "Upload the role's targets metadata, signed offline by a threshold of its keys",
+            Some(("application/json", json!({"description": "TUF targets metadata: {\"signed\": {...}, \"signatures\": [...]}", "type": "object"}))),
+            201,
+            obj(json!({"type": "object", "properties": {"role": {"type": "string"}, "version": {"type": "integer"},
+                "file": {"type": "string"}, "versions": versions_schema()}})),
+        ),
+        ("DELETE", "/api/v1/delegations/{name}") => d("Remove a delegation and its metadata from the repository", None, 200, None),
+        ("PUT", "/api/v1/delegations/{name}/targets/{target}") => d(
+            "Store a target file for a delegated role; answers the entry its metadata must list",
+            Some(("application/octet-stream", json!({"type": "string"}))),
+            201,
+            obj(json!({"type": "object", "properties": {"role": {"type": "string"}, "target": {"type": "string"},
+                "entry": {"type": "object", "properties": {"length": {"type": "integer"}, "hashes": {"type": "object"}}}}})),
+        ),
+        _ => d("", None, 200, None),
+    }
+}
+
+fn components() -> Value {
+    json!({
+        "securitySchemes": {
+            "apiToken": {"type": "http", "scheme": "bearer", "description": "An API token (otter-server token create); its role decides what it may do."},
+            "deviceSignature": {"type": "apiKey", "in": "header", "name": "Signature",
+                "description": "HTTP message signature by the device's ed25519 key over method, path, time and body digest."}
+        },
+        "schemas": {
+            "Error": error_schema(),
+            "Versions": {"type": "object", "properties": {
+                "targets": {"type": "integer"}, "snapshot": {"type": "integer"}, "timestamp": {"type": "integer"}}},
+            "Release": {"type": "object", "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"}, "kind": {"enum": ["firmware", "driver", "patch"]},
+                "target": {"type": "string"}, "length": {"type": "integer"}, "sha256": {"type": "string"},
+                "channel": {"type": "string"}, "hardware": {"type": "array", "items": {"type": "string"}},
+                "published_at": {"type": "integer"}, "targets_version": {"type": "integer"},
+                "yanked_at": {"type": ["integer", "null"]}}},
+            "TufKey": {"type": "object", "required": ["keytype", "scheme", "keyval"], "properties": {
+                "keytype": {"const": "ed25519"}, "scheme": {"const": "ed25519"},
+                "keyval": {"type": "object", "required": ["public"], "properties": {"public": {"type": "string"}}}}},
+            "Delegation": {"type": "object", "properties": {
+                "name": {"type": "string"}, "keyids": {"type": "array", "items": {"type": "string"}},
+                "threshold": {"type": "integer"}, "paths": {"type": "array", "items": {"type": "string"}},
+                "terminating": {"type": "boolean"}, "served_version": {"type": ["integer", "null"]},
+                "highest_accepted": {"type": ["integer", "null"]}}}
+        }
+    })
+}
+
+fn path_parameters(path: &str) -> Vec<Value> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect()
+}
+
+fn error_responses(access: Option<Access>) -> Map<String, Value> {
+    let e = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let mut m = Map::new();
+    m.insert(
+        "4XX".into(),
+        e("Refused: the request is invalid or conflicts; nothing changed"),
+    );
+    match access {
+        Some(Access::Roles(_)) => {
+            m.insert(
+                "401".into(),
+                e("No, malformed, unknown or revoked token (missing_token, invalid_token)"),
+            );
+            m.insert(
+                "403".into(),
+                e("The token's role is not admitted (forbidden)"),
+            );
+        }
+        Some(Access::DeviceSignature) => {
+            m.insert(
+                "401".into(),
+                e("Missing, stale, replayed or invalid device signature"),
+            );
+        }
+        Some(Access::EnrollmentToken) => {
+            m.insert("401".into(), e("Unknown, used or expired enrollment token"));
+        }
+        None => {}
+    }
+    m.insert(
+        "5XX".into(),
+        e("The server or its store failed; retry later"),
+    );
+    m
+}
+
+fn operation(method: &str, path: &str, access: Option<Access>, public_summary: &str) -> Value {
+    let d = described(method, path);
+    let summary = if !d.summary.is_empty() {
+        d.summary.to_owned()
+    } else if !public_summary.is_empty() {
+        public_summary.to_owned()
+    } else {
+        format!("{method} {path}")
+    };
+    let tag = path
+        .trim_start_matches("/api/v1/")
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let op_id: String = format!("{}{}", method.to_ascii_lowercase(), path)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut op = Map::new();
+    op.insert("operationId".into(), json!(op_id));
+    op.insert("summary".into(), json!(summary));
+    op.insert("tags".into(), json!([tag]));
+    let (security, access_value) = match access {
+        Some(Access::Roles(roles)) => {
+            let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            (
+                json!([{"apiToken": []}]),
+                json!({"kind": "api_token", "roles": names}),
+            )
+        }
+        Some(Access::DeviceSignature) => (
+            json!([{"deviceSignature": []}]),
+            json!({"kind": "device_signature", "roles": []}),
+        ),
+        Some(Access::EnrollmentToken) => {
+            (json!([]), json!({"kind": "enrollment_token", "roles": []}))
+        }
+        None => (json!([]), json!({"kind": "public", "roles": []})),
+    };
+    op.insert("security".into(), security);
+    op.insert("x-otter-access".into(), access_value);
+    let params = path_parameters(path);
+    if !params.is_empty() {
+        op.insert("parameters".into(), json!(params));
+    }
+    if let Some((ct, schema)) = d.request {
+        op.insert(
+            "requestBody".into(),
+            json!({"required": true, "content": {ct: {"schema": schema}}}),
+        );
+    }
+    let mut responses = Map::new();
+    let ok = match d.response {
+        Some((ct, schema)) => {
+            json!({"description": "Success", "content": {ct: {"schema": schema}}})
+        }
+        None => json!({"description": "Success"}),
+    };
+    responses.insert(d.success.to_string(), ok);
+    responses.extend(error_responses(access));
+    op.insert("responses".into(), Value::Object(responses));
+    Value::Object(op)
+}
+
+/// The OpenAPI 3.1 document: every route of [`API_ROUTES`] and [`PUBLIC_ROUTES`].
+pub fn document() -> Value {
+    let mut paths: Map<String, Value> = Map::new();
+    let mut add = |method: &str, path: &str, op: Value| {
+        let entry = paths
+            .entry(path.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(m) = entry {
+            m.insert(method.to_ascii_lowercase(), op);
+        }
+    };
+    for (method, path, access) in API_ROUTES {
+        add(method, path, operation(method, path, Some(*access), ""));
+    }
+    for (method, path, what) in PUBLIC_ROUTES {
+        add(method, path, operation(method, path, None, what));
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Otter server API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Secure OTA updates and backups for point-of-sale terminals. Errors are JSON \
+                {\"error\": {\"code\", \"message\"}} with a 4xx or 5xx status. People authenticate with \
+                `Authorization: Bearer TOKEN`; terminals sign their requests.",
+        },
+        "paths": paths,
+        "components": components(),
+    })
+}
+
+/// The document as the Markdown reference `docs/api.md`.
+pub fn markdown() -> String {
+    let doc = document();
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# API reference\n\n\
+         <!-- Generated from the OpenAPI document by `scripts/gen-api-docs.sh` \
+         (`otter-server openapi --markdown`); do not edit by hand. -->\n\n\
+         The server's HTTP API, version {}. The same document in OpenAPI 3.1 form is served at \
+         `GET /api/v1/openapi.json` and printed by `otter-server openapi`.\n\n\
+         - People send `Authorization: Bearer TOKEN` (an API token from `otter-server token \
+         create`); the roles column is enforced exactly as listed (the authorization test walks \
+         the same table).\n\
+         - Terminals sign every request with their ed25519 key (`device signature`).\n\
+         - Every error is JSON `{{\"error\": {{\"code\": \"...\", \"message\": \"...\"}}}}` with a \
+         4xx or 5xx status, and a refused request changes nothing.\n",
+        doc["info"]["version"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        o,
+        "## Summary\n\n| Method | Path | Who | What |\n|---|---|---|---|"
+    );
+    let empty = Map::new();
+    let paths = doc["paths"].as_object().unwrap_or(&empty);
+    let mut ops: Vec<(String, String, &Value)> = Vec::new();
+    for (path, methods) in paths {
+        if let Some(m) = methods.as_object() {
+            for (method, op) in m {
+                ops.push((path.clone(), method.to_ascii_uppercase(), op));
+            }
+        }
+    }
+    ops.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    for (path, method, op) in &ops {
+        let _ = writeln!(
+            o,
+            "| {method} | `{path}` | {} | {} |",
+            who(op),
+            op["summary"].as_str().unwrap_or("").replace('|', "\\|")
+        );
+    }
+    let _ = writeln!(o, "\n## Operations");
+    for (path, method, op) in &ops {
+        let _ = writeln!(
+            o,
+            "\n### {method} `{path}`\n\n{}\n\n- Who: {}",
+            op["summary"].as_str().unwrap_or(""),
+            who(op)
+        );
+        if let Some(params) = op["parameters"].as_array() {
+            let names: Vec<String> = params
+                .iter()
+                .filter_map(|p| p["name"].as_str())
+                .map(|n| format!("`{n}`"))
+                .collect();
+            let _ = writeln!(o, "- Path parameters: {}", names.join(", "));
+        }
+        if let Some(content) = op["requestBody"]["content"].as_object() {
+            for (ct, body) in content {
+                let _ = writeln!(
+                    o,
+                    "- Request body (`{ct}`):\n\n```json\n{}\n```",
+                    pretty(&body["schema"])
+                );
+            }
+        }
+        if let Some(responses) = op["responses"].as_object() {
+            for (status, r) in responses {
+                let mut line = format!("- `{status}`: {}", r["description"].as_str().unwrap_or(""));
+                if let Some(content) = r["content"].as_object() {
+                    for (ct, body) in content {
+                        if body["schema"]["$ref"] == "#/components/schemas/Error" {
+                            continue;
+                        }
+                        let _ = write!(
+                            line,
+                            " (`{ct}`):\n\n```json\n{}\n```",
+                            pretty(&body["schema"])
+                        );
+                    }
+                }
+                let _ = writeln!(o, "{line}");
+            }
+        }
+    }
+    let _ = writeln!(o, "\n## Schemas");
+    if let Some(schemas) = doc["components"]["schemas"].as_object() {
+        for (name, s) in schemas {
+            let _ = writeln!(o, "\n### {name}\n\n```json\n{}\n```", pretty(s));
+        }
+    }
+    o
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn who(op: &Value) -> String {
+    let access = &op["x-otter-access"];
+    match access["kind"].as_str().unwrap_or("") {
+        "api_token" => {
+            let roles: Vec<&str> = access["roles"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            format!("token: {}", roles.join(", "))
+        }
+        "device_signature" => "device signature".into(),
+        "enrollment_token" => "enrollment token (in the body)".into(),
+        _ => "anyone".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_in_the_document() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        for (method, path, _) in API_ROUTES {
+            let op = &doc["paths"][*path][method.to_ascii_lowercase()];
+            assert!(op.is_object(), "{method} {path}");
+        }
+        let md = markdown();
+        assert!(md.contains("| GET | `/metrics` | token: admin, operator, auditor |"));
+    }
+}

@@ -1,0 +1,547 @@
+//! A delegated targets role end to end, on the real server over loopback: an admin declares
+//! it (the server re-signs targets, snapshot and timestamp), a publisher uploads the
+//! vendor's file, the vendor signs the role's metadata offline with the real `otter-keys
+//! sign` and the publisher uploads it. The server serves it at `VERSION.ROLE.json`, names it
+//! in the snapshot, and `otter-keys verify` accepts the whole repository, the delegated
+//! role included; python-tuf's `ngclient.Updater` finds the target through the delegation
+//! and downloads it. Bad signatures, too few signatures, rollbacks, expired metadata, paths
+//! outside the delegation, unstored targets, unknown roles and traversal in role names are
+//! refused with JSON 4xx errors, and change nothing.
+//!
+//! Needs the `otter-keys` binary in the target dir (built by `cargo test --workspace`, or
+//! `cargo build -p otter-keys`) and the python-tuf venv (`scripts/python-venv.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{api, client, config, fetch_and_verify, get_ok, make_token, run, start, Running};
+use otter_keys::age::secrecy::SecretString;
+use otter_keys::crypto::SigningKey;
+use otter_keys::keyfile::{save_signing_key, MIN_WORK_FACTOR};
+use otter_keys::metadata::Metadata;
+use otter_keys::time::UtcTime;
+use serde_json::{json, Value};
+
+const PASS: &str = "vendor passphrase";
+const ROLE: &str = "card-reader";
+const DRIVER: &str = "cardreader-2.1.0.bin";
+
+fn otter_keys_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("otter-keys");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p otter-keys` (or the whole workspace) first",
+        path.display()
+    );
+    path
+}
+
+/// Runs `otter-keys ARGS` and returns (success, stdout + stderr).
+fn otter_keys(args: &[&str]) -> (bool, String) {
+    let out = Command::new(otter_keys_bin())
+        .args(args)
+        .env("OTTER_KEYS_PASSPHRASE", PASS)
+        .env("OTTER_KEYS_SCRYPT_LOG_N", "10")
+        .env_remove("OTTER_KEYS_PASSPHRASE_FILE")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("OTTER_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        p.exists(),
+        "no python-tuf environment at {}: run scripts/python-venv.sh first (or set OTTER_PYTHON)",
+        p.display()
+    );
+    p
+}
+
+const PY_CLIENT: &str = r#"
+import sys, tempfile
+from tuf.ngclient import Updater
+
+base, name, out_dir, root_path = sys.argv[1:5]
+with open(root_path, "rb") as f:
+    root = f.read()
+updater = Updater(
+    metadata_dir=tempfile.mkdtemp(),
+    metadata_base_url=base + "/repo/metadata/",
+    target_dir=out_dir,
+    target_base_url=base + "/repo/targets/",
+    bootstrap=root,
+)
+updater.refresh()
+info = updater.get_targetinfo(name)
+if info is None:
+    sys.exit("python-tuf found no target " + name)
+print(updater.download_target(info))
+"#;
+
+/// An unsigned delegated targets file, as a vendor writes it: `targets` maps paths to the
+/// entries the upload API returned.
+fn unsigned(version: u64, expires: UtcTime, targets: &Value) -> Vec<u8> {
+    serde_json::to_vec_pretty(&json!({
+        "signed": {
+            "_type": "targets",
+            "spec_version": "1.0.31",
+            "version": version,
+            "expires": expires,
+            "targets": targets,
+        },
+        "signatures": [],
+    }))
+    .unwrap()
+}
+
+/// Writes `bytes` to DIR/NAME and signs it with the real `otter-keys sign`; returns the
+/// signed bytes.
+fn sign_file(dir: &Path, name: &str, bytes: &[u8], keys: &[&Path]) -> Vec<u8> {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let mut args = vec!["sign".to_owned()];
+    for k in keys {
+        args.push("--key".into());
+        args.push(k.display().to_string());
+    }
+    args.push(path.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out) = otter_keys(&args);
+    assert!(ok, "otter-keys sign: {out}");
+    std::fs::read(&path).unwrap()
+}
+
+async fn put(c: &reqwest::Client, srv: &Running, token: &str, body: Vec<u8>) -> (u16, Value) {
+    api(
+        c,
+        "PUT",
+        &srv.url(&format!("/api/v1/delegations/{ROLE}")),
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
+#[test]
+fn a_vendor_signed_role_is_checked_served_and_verifies() {
+    let python = python();
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("vendor");
+        std::fs::create_dir(&work).unwrap();
+        let (srv, admin) = start(config(&dir.path().join("data"))).await;
+        let admin = admin.unwrap();
+        let c = client();
+        let (_, publisher) = make_token(&c, &srv, &admin, "publisher").await;
+
+        // The vendor's key, in an otter-keys key file (encrypted, 0600).
+        let vendor = SigningKey::generate();
+        let vendor_key = work.join("vendor.key");
+        save_signing_key(
+            &vendor_key,
+            &vendor,
+            "vendor",
+            &SecretString::from(PASS.to_string()),
+            MIN_WORK_FACTOR,
+        )
+        .unwrap();
+        let stranger = SigningKey::generate();
+        let stranger_key = work.join("stranger.key");
+        save_signing_key(
+            &stranger_key,
+            &stranger,
+            "stranger",
+            &SecretString::from(PASS.to_string()),
+            MIN_WORK_FACTOR,
+        )
+        .unwrap();
+
+        // Declaring is for admins only.
+        let declaration = json!({
+            "name": ROLE,
+            "keys": [vendor.public_key()],
+            "threshold": 1,
+            "paths": ["cardreader-*"],
+            "terminating": true,
+        });
+        let body = serde_json::to_vec(&declaration).unwrap();
+        let url = srv.url("/api/v1/delegations");
+        let (s, _) = api(&c, "POST", &url, Some(&publisher), Some(body.clone())).await;
+        assert_eq!(s, 403);
+        let before = fetch_and_verify(&c, &srv).await;
+        let (s, v) = api(&c, "POST", &url, Some(&admin), Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["delegation"]["keyids"][0], vendor.key_id().0);
+        let chain = fetch_and_verify(&c, &srv).await;
+        assert_eq!(
+            chain.targets.signed().version,
+            before.targets.signed().version + 1
+        );
+        let d = chain.targets.signed().delegations.as_ref().unwrap();
+        assert_eq!(d.roles()[0].name, ROLE);
+        assert!(d.roles()[0].terminating);
+        assert!(d.keys.contains_key(&vendor.key_id()));
+        // A server key may not be a delegated key.
+        let own = chain.root.signed().keys.values().next().unwrap().clone();
+        let bad = json!({"name": "x", "keys": [own], "threshold": 1, "paths": ["x-*"]});
+        let (s, v) = api(
+            &c,
+            "POST",
+            &url,
+            Some(&admin),
+            Some(serde_json::to_vec(&bad).unwrap()),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("invalid_delegation"))
+        );
+
+        // The vendor's driver, uploaded by a publisher.
+        let driver = b"card reader driver 2.1.0".repeat(100);
+        let (s, v) = api(
+            &c,
+            "PUT",
+            &srv.url(&format!("/api/v1/delegations/{ROLE}/targets/{DRIVER}")),
+            Some(&publisher),
+            Some(driver.clone()),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let entry = v["entry"].clone();
+        assert_eq!(entry["length"], driver.len());
+        // Names outside the delegation are refused before anything is stored.
+        let (s, v) = api(
+            &c,
+            "PUT",
+            &srv.url(&format!(
+                "/api/v1/delegations/{ROLE}/targets/firmware-9.bin"
+            )),
+            Some(&publisher),
+            Some(b"x".to_vec()),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("path_not_delegated"))
+        );
+
+        let later = UtcTime::now().plus_days(30);
+        let good = sign_file(
+            &work,
+            "1.card-reader.json",
+            &unsigned(1, later, &json!({ DRIVER: entry })),
+            &[&vendor_key],
+        );
+
+        // Refusals: each a JSON 4xx, none changes the served repository.
+        let ts_before = get_ok(&c, &srv.url("/repo/metadata/timestamp.json")).await;
+        let refusals: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+            (
+                "unsigned",
+                unsigned(1, later, &json!({ DRIVER: entry })),
+                400,
+                "signature_threshold",
+            ),
+            (
+                "signed by a key the delegation does not name",
+                sign_file(
+                    &work,
+                    "stranger.json",
+                    &unsigned(1, later, &json!({ DRIVER: entry })),
+                    &[&stranger_key],
+                ),
+                400,
+                "signature_threshold",
+            ),
+            (
+                "changed after signing",
+                {
+                    let mut md: Value = serde_json::from_slice(&good).unwrap();
+                    md["signed"]["version"] = json!(7);
+                    serde_json::to_vec(&md).unwrap()
+                },
+                400,
+                "bad_signature",
+            ),
+            (
+                "expired",
+                sign_file(
+                    &work,
+                    "expired.json",
+                    &unsigned(1, UtcTime::now().plus_secs(-60), &json!({ DRIVER: entry })),
+                    &[&vendor_key],
+                ),
+                400,
+                "expired",
+            ),
+            (
+                "a path outside the delegation",
+                sign_file(
+                    &work,
+                    "outside.json",
+                    &unsigned(1, later, &json!({ "pos-firmware-9.tar.zst": entry })),
+                    &[&vendor_key],
+                ),
+                400,
+                "path_not_delegated",
+            ),
+            (
+                "a target never uploaded",
+                sign_file(
+                    &work,
+                    "missing.json",
+                    &unsigned(
+                        1,
+                        later,
+                        &json!({ "cardreader-9.bin": {"length": 3, "hashes": otter_keys::hash::hashes_of(b"abc")} }),
+                    ),
+                    &[&vendor_key],
+                ),
+                400,
+                "target_mismatch",
+            ),
+            (
+                "a wrong length",
+                sign_file(
+                    &work,
+                    "length.json",
+                    &unsigned(
+                        1,
+                        later,
+                        &json!({ DRIVER: {"length": driver.len() + 1, "hashes": entry["hashes"]} }),
+                    ),
+                    &[&vendor_key],
+                ),
+                400,
+                "target_mismatch",
+            ),
+            (
+                "not metadata",
+                b"{\"signed\": 1}".to_vec(),
+                400,
+                "invalid_metadata",
+            ),
+        ];
+        for (what, body, status, code) in refusals {
+            let (s, v) = put(&c, &srv, &publisher, body).await;
+            assert_eq!(
+                (s, v["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{what}: {v}"
+            );
+            assert!(v["error"]["message"].as_str().unwrap().len() > 10);
+        }
+        let (s, v) = api(
+            &c,
+            "PUT",
+            &srv.url("/api/v1/delegations/nobody"),
+            Some(&publisher),
+            Some(good.clone()),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (404, Some("unknown_role"))
+        );
+        for traversal in ["..%2F..%2Fotter.db", "..", "root", "a.b"] {
+            let (s, v) = api(
+                &c,
+                "PUT",
+                &srv.url(&format!("/api/v1/delegations/{traversal}")),
+                Some(&publisher),
+                Some(good.clone()),
+            )
+            .await;
+            assert!(
+                (s == 400 && v["error"]["code"] == "invalid_name") || s == 404,
+                "{traversal}: {s} {v}"
+            );
+        }
+        assert_eq!(
+            get_ok(&c, &srv.url("/repo/metadata/timestamp.json")).await,
+            ts_before,
+            "refusals change nothing"
+        );
+
+        // Accepted.
+        let (s, v) = put(&c, &srv, &publisher, good.clone()).await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["version"], 1);
+        let chain = fetch_and_verify(&c, &srv).await;
+        let m = &chain.snapshot.signed().meta[&format!("{ROLE}.json")];
+        assert_eq!(m.version, 1);
+        let served = get_ok(&c, &srv.url(&format!("/repo/metadata/1.{ROLE}.json"))).await;
+        assert_eq!(served, good);
+        otter_keys::hash::verify(&served, m.length, m.hashes.as_ref().unwrap()).unwrap();
+        // The same version again is a rollback.
+        let (s, v) = put(&c, &srv, &publisher, good.clone()).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (409, Some("version_rollback"))
+        );
+
+        // The whole repository verifies with otter-keys, the delegated role included.
+        let tv = chain.snapshot.signed().meta["targets.json"].version;
+        let sv = chain.timestamp.signed().snapshot_meta().unwrap().version;
+        let save = |name: &str, bytes: &[u8]| {
+            let p = work.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p.display().to_string()
+        };
+        let root = save("1.root.json", &chain.root_bytes);
+        let targets = save(
+            &format!("{tv}.targets.json"),
+            &get_ok(&c, &srv.url(&format!("/repo/metadata/{tv}.targets.json"))).await,
+        );
+        let snapshot = save(
+            &format!("{sv}.snapshot.json"),
+            &get_ok(&c, &srv.url(&format!("/repo/metadata/{sv}.snapshot.json"))).await,
+        );
+        let timestamp = save(
+            "timestamp.json",
+            &get_ok(&c, &srv.url("/repo/metadata/timestamp.json")).await,
+        );
+        let role_file = save("served.card-reader.json", &served);
+        let (ok, out) = otter_keys(&["verify", "--root", &root, &targets, &snapshot, &timestamp]);
+        assert!(ok, "{out}");
+        let (ok, out) = otter_keys(&[
+            "verify",
+            "--root",
+            &root,
+            "--delegator",
+            &targets,
+            "--role",
+            ROLE,
+            &role_file,
+        ]);
+        assert!(ok, "{out}");
+        let (ok, _) = otter_keys(&[
+            "verify",
+            "--root",
+            &root,
+            "--delegator",
+            &targets,
+            "--role",
+            "other",
+            &role_file,
+        ]);
+        assert!(!ok, "otter-keys refuses a role the delegator does not name");
+        let parsed =
+            Metadata::<otter_keys::metadata::Targets>::from_bytes(&served, 1 << 20).unwrap();
+        assert!(parsed.signed().targets.contains_key(DRIVER));
+
+        // A reference TUF client finds the target through the delegation and downloads it.
+        let script = work.join("client.py");
+        std::fs::write(&script, PY_CLIENT).unwrap();
+        let out_dir = work.join("downloads");
+        std::fs::create_dir(&out_dir).unwrap();
+        let args = vec![
+            script.display().to_string(),
+            srv.url(""),
+            DRIVER.to_owned(),
+            out_dir.display().to_string(),
+            root.clone(),
+        ];
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(&python).args(&args).output().unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "python-tuf failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert_eq!(std::fs::read(&path).unwrap(), driver);
+
+        // Version 2 replaces it; the list shows what is served.
+        let v2 = sign_file(
+            &work,
+            "2.card-reader.json",
+            &unsigned(2, later, &json!({ DRIVER: entry })),
+            &[&vendor_key],
+        );
+        let (s, v) = put(&c, &srv, &admin, v2).await;
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = api(&c, "GET", &url, Some(&publisher), None).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["delegations"][0]["served_version"], 2);
+        assert_eq!(v["delegations"][0]["highest_accepted"], 2);
+
+        // Replacing the delegation's key drops metadata the new key did not sign.
+        let replaced = json!({
+            "name": ROLE, "keys": [stranger.public_key()], "threshold": 1,
+            "paths": ["cardreader-*"],
+        });
+        let (s, v) = api(
+            &c,
+            "POST",
+            &url,
+            Some(&admin),
+            Some(serde_json::to_vec(&replaced).unwrap()),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["metadata_dropped"], true);
+        let chain = fetch_and_verify(&c, &srv).await;
+        assert!(!chain
+            .snapshot
+            .signed()
+            .meta
+            .contains_key(&format!("{ROLE}.json")));
+        // Removing it: the targets no longer delegate, and the name stays unknown.
+        let (s, v) = api(
+            &c,
+            "DELETE",
+            &srv.url(&format!("/api/v1/delegations/{ROLE}")),
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let chain = fetch_and_verify(&c, &srv).await;
+        assert!(chain
+            .targets
+            .signed()
+            .delegations
+            .as_ref()
+            .is_none_or(|d| d.roles().is_empty() && d.keys.is_empty()));
+        srv.stop().await;
+
+        // After a restart the repository (and the role's accepted history) is intact.
+        let (srv, _) = start(config(&dir.path().join("data"))).await;
+        fetch_and_verify(&c, &srv).await;
+        let (s, _) = api(
+            &c,
+            "GET",
+            &srv.url("/repo/metadata/2.card-reader.json"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "accepted versions stay served");
+        srv.stop().await;
+    });
+}
