@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. First installs what the tests need and is not a Rust crate:
 # the standard `age` tool (backups must stay readable without Otter), systemd-analyze and curl
-# (deployment checks), and a Python venv with the TUF reference implementation, python-tuf
-# (interoperability tests). Safe to run again: set-up
-# steps skip what is already there. Ends with one summary line: "tests: N passed, N failed".
+# (deployment checks), a Python venv with the TUF reference implementation, python-tuf
+# (interoperability tests), and s3s-fs, an S3-compatible server (S3 store tests). Safe to run
+# again: set-up steps skip what is already there. Ends with one summary line: "tests: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,9 @@ if ((${#need[@]})); then
   fi
 fi
 bash scripts/python-venv.sh
+# The S3 store's tests run against a real S3-compatible server, s3s-fs (cargo install, cached).
+bash scripts/s3s-fs.sh install
+export PATH="$HOME/.cargo/bin:$PATH"
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -210,8 +210,9 @@ fn log(line: &str) {
     eprintln!("otter-agent: {line}");
 }
 
-/// Runs the loop until `stop` is set (or once). Fails only when it cannot start (bad
-/// configuration, not enrolled); failed passes are logged, recorded and retried.
+/// Runs the loop until `stop` is set. Fails only when it cannot start (bad configuration,
+/// not enrolled); failed passes are logged, recorded and retried. With `once`, runs one
+/// iteration and returns the pass's error, if any.
 pub fn run(cfg: &AgentConfig, opts: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError> {
     let state = crate::update::check_enrolled(cfg)?;
     cfg.install_root().map_err(PassError::from)?;
@@ -312,7 +313,8 @@ pub fn run(cfg: &AgentConfig, opts: &DaemonOptions, stop: &AtomicBool) -> Result
             }
         };
         if opts.once {
-            break;
+            log("one iteration done (--once)");
+            return pass.map(|_| ()).map_err(DaemonError::Pass);
         }
         let status = StatusFile::load(&state_dir).unwrap_or_default();
         if let Some(b) = backup_due_in(cfg, &status, UtcTime::now().unix()) {

@@ -13,7 +13,8 @@
 //!   again from byte 0.
 //!
 //! A body longer than the signed length (endless data) or bytes whose hashes differ from the
-//! signed ones discard the part and fail; a cut connection keeps it for the next attempt.
+//! signed ones, or a body that ends cleanly before the signed length, discard the part and
+//! fail; a cut connection (a transport error) keeps it for the next attempt.
 //! A progress bar is drawn only when standard error is a terminal.
 
 use std::fs::{File, OpenOptions};
@@ -40,16 +41,6 @@ pub enum DownloadError {
         /// The cause.
         #[source]
         source: FetchError,
-    },
-    /// The connection ended before the signed length was reached.
-    #[error("downloading {target}: the connection ended after {got} of {length} bytes; the part is kept and the next attempt resumes it")]
-    Incomplete {
-        /// The target name.
-        target: String,
-        /// Bytes on disk.
-        got: u64,
-        /// The signed length.
-        length: u64,
     },
     /// The downloaded bytes are not the signed ones (the part file was discarded).
     #[error("downloading {target}: the file is not the one signed in the trusted metadata ({source}); it was discarded")]
@@ -80,11 +71,10 @@ impl DownloadError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            DownloadError::Incomplete { .. }
-                | DownloadError::Fetch {
-                    source: FetchError::Transport { .. },
-                    ..
-                }
+            DownloadError::Fetch {
+                source: FetchError::Transport { .. },
+                ..
+            }
         )
     }
 
@@ -390,10 +380,15 @@ impl<F: Fetcher + ?Sized> Once<'_, F> {
         }
         let total = copied?;
         if total < self.info.length {
-            return Err(DownloadError::Incomplete {
+            // The body ended cleanly (a cut connection is a transport error): the mirror's
+            // file is shorter than the signed one.
+            self.discard()?;
+            return Err(DownloadError::Verify {
                 target: self.target.into(),
-                got: total,
-                length: self.info.length,
+                source: HashError::Length {
+                    expected: self.info.length,
+                    found: total,
+                },
             });
         }
         if let Err(source) = hasher.finish(Some(self.info.length), &self.info.hashes) {

@@ -319,14 +319,22 @@ fn tuf(a: TufArgs) -> Result<()> {
 struct RollbackArgs {
     /// The component to roll back.
     component: String,
-    /// The install root holding `components/` and `journal.sqlite`.
+    /// The install root holding `components/` and `journal.sqlite` [default: the config's].
     #[arg(long, env = "OTTER_INSTALL_ROOT", value_name = "DIR")]
-    install_root: PathBuf,
+    install_root: Option<PathBuf>,
+    /// The agent's TOML config, for its `[apply]` table [default: /etc/otter/agent.toml
+    /// when it exists].
+    #[arg(long, env = "OTTER_AGENT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 fn rollback(a: RollbackArgs) -> Result<()> {
-    let config = otter_agent::apply::ApplyConfig::default();
-    let (mut applier, recoveries) = otter_agent::apply::Applier::open(&a.install_root, config)?;
+    let cfg = otter_agent::config::AgentConfig::load_or_default(a.config.as_deref())?;
+    let root = match a.install_root {
+        Some(r) => r,
+        None => cfg.install_root()?.to_path_buf(),
+    };
+    let (mut applier, recoveries) = otter_agent::apply::Applier::open(&root, cfg.apply)?;
     for r in recoveries {
         eprintln!(
             "recovered {} of {} (entry {}, found {}): {}",

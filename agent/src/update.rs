@@ -494,6 +494,9 @@ fn send_report(
 ) -> Result<Value, DeviceError> {
     let installed = match &report.installed {
         Some(i) => i.clone(),
+        // The pass stopped before reading the install root: read it now if there is one
+        // (never create it just for a report).
+        None if !install_root.exists() => Default::default(),
         None => Applier::open(install_root, cfg.apply.clone())
             .and_then(|(a, _)| a.installed())
             .map(|i| i.into_iter().map(|(k, v)| (k, v.to_string())).collect())

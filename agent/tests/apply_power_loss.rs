@@ -150,10 +150,10 @@ fn spawn(role: &str, root: &Path, s: &Setup) -> std::process::Child {
         .unwrap()
 }
 
-/// How long one uncut operation takes (median of 3).
+/// How long one uncut operation takes (the slowest of 4: the machine may be busy).
 fn measure(role: &str, template: &Path, s: &Setup) -> Duration {
     let mut times = Vec::new();
-    for i in 0..3 {
+    for i in 0..4 {
         let root = s.work.path().join(format!("measure-{role}-{i}"));
         copy_tree(template, &root);
         let t = Instant::now();
@@ -166,8 +166,7 @@ fn measure(role: &str, template: &Path, s: &Setup) -> Duration {
         );
         std::fs::remove_dir_all(&root).unwrap();
     }
-    times.sort();
-    times[1]
+    times.into_iter().max().unwrap_or_default()
 }
 
 /// Re-opens a killed root and checks it; returns (is the new version active, recovered states).
@@ -250,7 +249,7 @@ fn power_loss_trials() {
                         };
                         let root = s.work.path().join(format!("trial-{i}"));
                         copy_tree(template, &root);
-                        let delay = span.mul_f64(rng.unit() * 1.1);
+                        let delay = span.mul_f64(rng.unit() * 1.2);
                         let mut c = spawn(role, &root, s);
                         std::thread::sleep(delay);
                         let _ = c.kill(); // SIGKILL

@@ -137,6 +137,15 @@ pub struct BackupsConfig {
     /// The fleet's offline recovery key (an age X25519 recipient, `age1...`), given to
     /// terminals at enrollment so that every backup can be opened by it; `None` when unset.
     pub recovery_recipient: Option<String>,
+    /// Most bytes a device may have stored (its packs and manifests); a pack upload that
+    /// would go over is refused with 413 `backup_quota_exceeded`. `None`: no quota.
+    pub quota_bytes_per_device: Option<u64>,
+    /// A pack no kept backup references is garbage-collected by `prune` only once it was
+    /// uploaded this many seconds ago: the packs of a backup still uploading are left alone.
+    /// Must be longer than the longest backup upload.
+    pub unreferenced_pack_grace_secs: u64,
+    /// Which backups `prune` keeps (`[backups.retention]`).
+    pub retention: crate::backups::retention::RetentionConfig,
 }
 
 /// Hard ceiling of [`BackupsConfig::max_manifest_bytes`]: a manifest is held in memory.
@@ -148,6 +157,9 @@ impl Default for BackupsConfig {
             max_pack_bytes: 64 * 1024 * 1024,
             max_manifest_bytes: 32 * 1024 * 1024,
             recovery_recipient: None,
+            quota_bytes_per_device: None,
+            unreferenced_pack_grace_secs: 2 * DAY,
+            retention: crate::backups::retention::RetentionConfig::default(),
         }
     }
 }
@@ -294,6 +306,14 @@ impl Config {
                 )));
             }
         }
+        if b.quota_bytes_per_device == Some(0) || b.unreferenced_pack_grace_secs < 600 {
+            return Err(ConfigError::Invalid(
+                "backups.quota_bytes_per_device must be at least 1 (or unset for no quota), and \
+                 backups.unreferenced_pack_grace_secs at least 600 (longer than a backup upload)"
+                    .into(),
+            ));
+        }
+        b.retention.validate().map_err(ConfigError::Invalid)?;
         self.rollouts.validate().map_err(ConfigError::Invalid)?;
         self.console.validate().map_err(ConfigError::Invalid)?;
         if self.workers == Some(0) {

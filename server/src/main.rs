@@ -40,7 +40,7 @@ enum Command {
     /// List or revoke enrolled devices, on the server host.
     #[command(subcommand)]
     Devices(cli::devices::DevicesCommand),
-    /// List or show received backups, on the server host.
+    /// List, show, verify or prune received backups, on the server host.
     #[command(subcommand)]
     Backups(cli::backups::BackupsCommand),
     /// Show or change a release's rollout (percent, groups, pause, resume, abort), through
@@ -52,6 +52,13 @@ enum Command {
     Audit(cli::audit::AuditCommand),
     /// Print an example configuration file holding every default.
     DefaultConfig,
+    /// Print the API's OpenAPI 3.1 document (JSON), or with --markdown the reference
+    /// docs/api.md is generated from (scripts/gen-api-docs.sh).
+    Openapi {
+        /// Print the Markdown reference instead of JSON.
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -91,6 +98,15 @@ fn main() -> Result<()> {
         Command::Audit(cmd) => cli::audit::run(cmd),
         Command::DefaultConfig => {
             print!("{}", otter_server::config::EXAMPLE_CONFIG);
+            Ok(())
+        }
+        Command::Openapi { markdown } => {
+            if markdown {
+                print!("{}", otter_server::http::openapi::markdown());
+            } else {
+                let doc = otter_server::http::openapi::document();
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            }
             Ok(())
         }
     }

@@ -591,6 +591,34 @@ mod tests {
     }
 
     #[test]
+    fn a_store_section_parses_and_is_validated_with_the_config() {
+        use crate::config::Config;
+        let text = "[store]\nurl = \"s3://otter/prod\"\nendpoint = \"http://127.0.0.1:3900\"\n\
+                    region = \"garage\"\nallow_http = true\naccess_key_id = \"GK1\"\n\
+                    secret_access_key = \"sekrit\"\n";
+        let c = Config::from_toml(text, Path::new("f.toml")).unwrap();
+        assert_eq!(c.store.url.as_deref(), Some("s3://otter/prod"));
+        assert_eq!(
+            c.store.secret_access_key.as_ref().map(Secret::expose),
+            Some("sekrit")
+        );
+        c.validate().unwrap();
+        let bad = Config::from_toml(
+            "[store]\nurl = \"s3://otter/p\"\nendpont = \"x\"\n",
+            Path::new("f.toml"),
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("endpont"), "{bad}");
+        let mut c = c;
+        c.store.allow_http = false;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("[store]") && err.contains("allow_http"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_secret_never_shows() {
         let c = s3_config();
         let debug = format!("{c:?}");

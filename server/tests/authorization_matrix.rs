@@ -218,7 +218,10 @@ fn each_console_route_admits_exactly_its_roles() {
                 assert!(admitted.contains(&TokenRole::Admin), "{pattern}");
                 // A fresh session per request: sign-out ends one.
                 let s = console_support::sign_in(&cc, &srv, &t).await;
-                let path = pattern.replace("{device}", "nothing");
+                let path = pattern
+                    .replace("{device}", "nothing")
+                    .replace("{name}", "nothing")
+                    .replace("{version}", "1.0.0");
                 let what = format!("{method} {pattern} as {role}");
                 let (st, _, body) = match *method {
                     "GET" => console_support::get(&cc, &srv, &path, Some(&s.cookie)).await,

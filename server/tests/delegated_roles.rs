@@ -20,7 +20,7 @@ use std::process::Command;
 use common::{api, client, config, fetch_and_verify, get_ok, make_token, run, start, Running};
 use otter_keys::age::secrecy::SecretString;
 use otter_keys::crypto::SigningKey;
-use otter_keys::keyfile::{save_signing_key, MIN_WORK_FACTOR};
+use otter_keys::keyfile::{load_public_key, save_signing_key, MIN_WORK_FACTOR};
 use otter_keys::metadata::Metadata;
 use otter_keys::time::UtcTime;
 use serde_json::{json, Value};
@@ -153,17 +153,29 @@ fn a_vendor_signed_role_is_checked_served_and_verifies() {
         let c = client();
         let (_, publisher) = make_token(&c, &srv, &admin, "publisher").await;
 
-        // The vendor's key, in an otter-keys key file (encrypted, 0600).
-        let vendor = SigningKey::generate();
-        let vendor_key = work.join("vendor.key");
-        save_signing_key(
-            &vendor_key,
-            &vendor,
+        // The vendor makes its key offline with `otter-keys key new`.
+        let (ok, out) = otter_keys(&[
+            "key",
+            "new",
+            "--dir",
+            &work.display().to_string(),
+            "--name",
             "vendor",
-            &SecretString::from(PASS.to_string()),
-            MIN_WORK_FACTOR,
-        )
-        .unwrap();
+        ]);
+        assert!(ok, "otter-keys key new: {out}");
+        let vendor_key = work.join("vendor.key");
+        let vendor_pub = load_public_key(&work.join("vendor.pub.json")).unwrap();
+        let vendor_id = vendor_pub.key_id().unwrap();
+        assert!(out.contains(&vendor_id.0), "{out}");
+        let (ok, _) = otter_keys(&[
+            "key",
+            "new",
+            "--dir",
+            &work.display().to_string(),
+            "--name",
+            "../x",
+        ]);
+        assert!(!ok, "key names cannot leave the directory");
         let stranger = SigningKey::generate();
         let stranger_key = work.join("stranger.key");
         save_signing_key(
@@ -178,7 +190,7 @@ fn a_vendor_signed_role_is_checked_served_and_verifies() {
         // Declaring is for admins only.
         let declaration = json!({
             "name": ROLE,
-            "keys": [vendor.public_key()],
+            "keys": [vendor_pub],
             "threshold": 1,
             "paths": ["cardreader-*"],
             "terminating": true,
@@ -190,7 +202,7 @@ fn a_vendor_signed_role_is_checked_served_and_verifies() {
         let before = fetch_and_verify(&c, &srv).await;
         let (s, v) = api(&c, "POST", &url, Some(&admin), Some(body)).await;
         assert_eq!(s, 201, "{v}");
-        assert_eq!(v["delegation"]["keyids"][0], vendor.key_id().0);
+        assert_eq!(v["delegation"]["keyids"][0], vendor_id.0);
         let chain = fetch_and_verify(&c, &srv).await;
         assert_eq!(
             chain.targets.signed().version,
@@ -199,7 +211,7 @@ fn a_vendor_signed_role_is_checked_served_and_verifies() {
         let d = chain.targets.signed().delegations.as_ref().unwrap();
         assert_eq!(d.roles()[0].name, ROLE);
         assert!(d.roles()[0].terminating);
-        assert!(d.keys.contains_key(&vendor.key_id()));
+        assert!(d.keys.contains_key(&vendor_id));
         // A server key may not be a delegated key.
         let own = chain.root.signed().keys.values().next().unwrap().clone();
         let bad = json!({"name": "x", "keys": [own], "threshold": 1, "paths": ["x-*"]});

@@ -330,6 +330,20 @@ fn failing_reports_halt_the_rollout_by_themselves() {
         assert_eq!(s, 200);
         assert_eq!(signed(&c, &srv, TARGET).await.0, v1);
 
+        // Each new failure is counted in the metrics (a repeated report is not).
+        let r = c
+            .get(srv.url("/metrics"))
+            .bearer_auth(&operator)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("otter_rollout_failures_total{release=\"pinpad/1.0.0\"} 3"),
+            "{text}"
+        );
+
         // The halt is audited as the server's own.
         let (_, log) = api(&c, "GET", &srv.url("/api/v1/audit"), Some(&admin), None).await;
         let halt = log["entries"]

@@ -67,20 +67,6 @@ impl Drop for StaticMirror {
     }
 }
 
-/// Files of `dir` (recursively) whose name ends with `suffix`.
-fn find(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(find(&p, suffix));
-        } else if p.to_string_lossy().ends_with(suffix) {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn the_agent_downloads_from_a_static_mirror_of_the_bucket_and_refuses_a_tampered_one() {
     let s3 = S3Server::start();
@@ -153,6 +139,7 @@ fn the_agent_downloads_from_a_static_mirror_of_the_bucket_and_refuses_a_tampered
         &terminal,
     );
     assert!(!out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("hash mismatch"), "{}", show(&out));
     assert!(!got.exists(), "a refused target is not kept");
     assert_eq!(
         std::fs::read_dir(terminal.join("downloads"))
@@ -172,7 +159,6 @@ fn the_agent_downloads_from_a_static_mirror_of_the_bucket_and_refuses_a_tampered
     let v = json["signed"]["version"].as_u64().unwrap();
     json["signed"]["version"] = (v + 1).into();
     std::fs::write(&ts, serde_json::to_vec(&json).unwrap()).unwrap();
-    assert_eq!(find(&forged, "timestamp.json").len(), 1);
     let mirror = StaticMirror::start(&forged);
     let (out, got) = s3::tuf_download(
         &root,
@@ -182,5 +168,6 @@ fn the_agent_downloads_from_a_static_mirror_of_the_bucket_and_refuses_a_tampered
         &tmp.path().join("terminal-3"),
     );
     assert!(!out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("valid signature"), "{}", show(&out));
     assert!(!got.exists());
 }

@@ -301,3 +301,87 @@ fn an_s3_store_without_credentials_is_refused_at_start() {
         show(&out)
     );
 }
+
+/// The ` ```toml store ` blocks of docs/storage.md.
+fn storage_doc_examples() -> Vec<String> {
+    let doc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/storage.md");
+    let text = std::fs::read_to_string(&doc).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match &mut current {
+            None if line.trim_end() == "```toml store" => current = Some(String::new()),
+            Some(_) if line.starts_with("```") => blocks.push(current.take().unwrap()),
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+/// An example config pointed at the test store: `url` at a fresh prefix of the test bucket
+/// (or a temporary directory for `file://`), `endpoint` at the test server (then
+/// `allow_http = true`); every other line as written.
+fn pointed_at(example: &str, s3: &S3Server, dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let is_s3 = example.contains("url = \"s3://");
+    for line in example.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        match key {
+            "url" if is_s3 => out.push_str(&format!(
+                "url = \"s3://{}/{}\"\n",
+                s3.bucket,
+                s3::unique_prefix("example")
+            )),
+            "url" => out.push_str(&format!("url = \"file://{}\"\n", dir.display())),
+            "endpoint" => out.push_str(&format!("endpoint = \"{}\"\n", s3.endpoint)),
+            "allow_http" => {}
+            _ => out.push_str(&format!("{line}\n")),
+        }
+        if line.trim() == "[store]" && is_s3 {
+            out.push_str("allow_http = true\n");
+        }
+    }
+    out
+}
+
+#[test]
+fn the_store_examples_of_the_docs_and_deploy_start_a_server() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut examples = storage_doc_examples();
+    assert!(
+        examples.len() >= 2,
+        "docs/storage.md has its ```toml store examples"
+    );
+    examples.push(std::fs::read_to_string(root.join("deploy/garage/otter-server.toml")).unwrap());
+    assert!(
+        examples.iter().any(|e| e.contains("s3://"))
+            && examples.iter().any(|e| e.contains("file://")),
+        "{examples:?}"
+    );
+    for (i, example) in examples.iter().enumerate() {
+        let config = tmp.path().join(format!("example-{i}.toml"));
+        let text = pointed_at(example, &s3, &tmp.path().join(format!("store-{i}")));
+        std::fs::write(&config, &text).unwrap();
+        let data = tmp.path().join(format!("data-{i}"));
+        let mut server = ServerGuard::start_env(
+            &data,
+            &["--config".as_ref(), config.as_os_str()],
+            &s3.credentials_env(),
+            &tmp.path().join(format!("example-{i}.log")),
+        );
+        let body = curl_body(&format!("{}/healthz", server.url), &[]);
+        assert!(
+            String::from_utf8_lossy(&body).contains("\"status\":\"ok\""),
+            "example {i}:\n{text}\n{}",
+            String::from_utf8_lossy(&body)
+        );
+        let status = server.stop().expect("the server stops on SIGTERM");
+        assert!(status.success(), "example {i}: {status}");
+    }
+}

@@ -287,6 +287,12 @@ fn opt_version(component: &str, v: Option<&str>) -> Result<Option<semver::Versio
     v.map(|v| parse_version(component, v)).transpose()
 }
 
+/// How long [`Applier::open`] waits for another holder of the install root's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Hook and health logs are kept for this many most recent journal entries.
+const KEEP_LOGS_OF: i64 = 100;
+
 /// Reason recorded for a rollback asked for with [`Applier::rollback`].
 const MANUAL_REASON: &str = "rollback asked for by the operator";
 
@@ -308,12 +314,20 @@ impl Applier {
             .truncate(false)
             .open(&lock_path)
             .map_err(io_err("opening", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(ApplyError::Busy(install_root.to_path_buf()))
+        // A process killed while it was starting a hook may leave a child that holds the
+        // lock until its exec; wait a little before calling the root busy.
+        let give_up = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(ApplyError::Busy(install_root.to_path_buf()))
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", &lock_path)(e)),
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", &lock_path)(e)),
         }
         for sub in ["components", "staging", "trash", "logs"] {
             let p = install_root.join(sub);
@@ -761,6 +775,7 @@ impl Applier {
             let p = self.root.join(sub);
             fsx::empty_dir(&p).map_err(io_err("emptying", &p))?;
         }
+        self.prune_logs()?;
         for (name, c) in self.journal.components()? {
             let cdir = self.component_dir(&name);
             let tmp = cdir.join(fsx::CURRENT_TMP);
@@ -789,6 +804,28 @@ impl Applier {
             self.prune(&name)?;
         }
         Ok(out)
+    }
+
+    /// Deletes the logs of all but the last [`KEEP_LOGS_OF`] journal entries.
+    fn prune_logs(&mut self) -> Result<(), ApplyError> {
+        let Some(newest) = self.journal.history(1)?.first().map(|e| e.id) else {
+            return Ok(());
+        };
+        let logs = self.root.join("logs");
+        let entries = fs::read_dir(&logs).map_err(io_err("listing", &logs))?;
+        for e in entries {
+            let e = e.map_err(io_err("listing", &logs))?;
+            let file_name = e.file_name().to_string_lossy().into_owned();
+            let id = file_name
+                .split('-')
+                .next()
+                .and_then(|n| n.parse::<i64>().ok());
+            if id.is_some_and(|id| id <= newest - KEEP_LOGS_OF) {
+                let p = e.path();
+                fsx::remove_file_if_any(&p).map_err(io_err("removing", &p))?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes old versions of `name` beyond `keep_versions`, never the active or previous.

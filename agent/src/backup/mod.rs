@@ -28,8 +28,8 @@ use otter_keys::envelope::ChunkKey;
 pub use engine::{run_backup, BackupError, BackupReport};
 pub use http::{HttpBackupStore, ManifestReceipt, ServerReceipts};
 pub use restore::{
-    prepare, restore, PreparedRestore, ReceiptCheck, RestoreError, RestoreOptions, RestoreReport,
-    Selector,
+    prepare, restore, PreparedRestore, ReceiptCheck, Reencrypted, RestoreError, RestoreOptions,
+    RestoreReport, Selector,
 };
 pub use store::{BackupStore, LocalDirStore, StoreError};
 

@@ -163,6 +163,19 @@ pub struct RestoreOptions {
     pub receipts: Option<ReceiptCheck>,
     /// Progress of the pack downloads.
     pub progress: Option<ProgressFn>,
+    /// A backup re-encrypted for this terminal with the recovery key (a replacement
+    /// terminal, or a write-only fleet; `otter-keys backup reencrypt`): each manifest's body
+    /// comes from here by sequence (checked against the signed plaintext hash instead of the
+    /// signed ciphertext hash), and packs no longer hash to their ids, so they are checked
+    /// through the signed body instead: every page's keyed id and the whole-file hashes.
+    pub reencrypted: Option<Reencrypted>,
+}
+
+/// Manifest bodies re-encrypted for the restoring terminal, by sequence.
+#[derive(Debug, Clone, Default)]
+pub struct Reencrypted {
+    /// The re-encrypted body ciphertext of each manifest.
+    pub bodies: BTreeMap<u64, Vec<u8>>,
 }
 
 impl fmt::Debug for RestoreOptions {
@@ -173,6 +186,10 @@ impl fmt::Debug for RestoreOptions {
             .field("chunk_key", &self.chunk_key.as_ref().map(|_| "(given)"))
             .field("receipts", &self.receipts)
             .field("progress", &self.progress.is_some())
+            .field(
+                "reencrypted",
+                &self.reencrypted.as_ref().map(|r| r.bodies.len()),
+            )
             .finish()
     }
 }
@@ -351,7 +368,18 @@ pub fn prepare(
     let started = Instant::now();
     let chain = verify_chain(store, device_id, device_public, selector, options)?;
     let manifest = &chain.selected;
-    let body = manifest.open_body(identity, MAX_BODY_BYTES)?;
+    let body = match &options.reencrypted {
+        None => manifest.open_body(identity, MAX_BODY_BYTES)?,
+        Some(r) => {
+            let seq = manifest.header.sequence;
+            let ct = r.bodies.get(&seq).ok_or_else(|| {
+                RestoreError::Verify(format!(
+                    "the re-encrypted backup lacks the body of manifest #{seq}"
+                ))
+            })?;
+            manifest.open_body_ciphertext(identity, ct, MAX_BODY_BYTES)?
+        }
+    };
     let from_body;
     let chunk_key = match &options.chunk_key {
         Some(k) => k,
@@ -362,15 +390,7 @@ pub fn prepare(
     };
 
     let temp = TempFile::create(target)?;
-    let (packs, pack_bytes) = rebuild(
-        store,
-        identity,
-        manifest,
-        &body,
-        chunk_key,
-        &temp,
-        options.progress.as_ref(),
-    )?;
+    let (packs, pack_bytes) = rebuild(store, identity, manifest, &body, chunk_key, &temp, options)?;
     check_rebuilt(&temp.path, &body)?;
     let report = RestoreReport {
         sequence: manifest.header.sequence,
@@ -608,8 +628,10 @@ fn rebuild(
     body: &ManifestBody,
     chunk_key: &ChunkKey,
     temp: &TempFile,
-    progress: Option<&ProgressFn>,
+    options: &RestoreOptions,
 ) -> Result<(u64, u64), RestoreError> {
+    let progress = options.progress.as_ref();
+    let reencrypted = options.reencrypted.is_some();
     let page_size = u64::from(body.page_size);
     temp.file
         .set_len(body.page_count * page_size)
@@ -637,11 +659,26 @@ fn rebuild(
         if chunks.is_empty() {
             continue;
         }
-        let ciphertext = store.get_pack(&pack.id, pack.length)?;
-        pack.check(&ciphertext)?;
-        let open = open_pack(identity, &ciphertext, &pack.id, ciphertext.len())?;
+        let open = if reencrypted {
+            // Same plaintext, other recipients: the age header's length may differ.
+            let ciphertext = store.get_pack(&pack.id, pack.length.saturating_add(64 * 1024))?;
+            pack_bytes += ciphertext.len() as u64;
+            Opened::Reencrypted(
+                pack.id,
+                otter_keys::envelope::decrypt(identity, &ciphertext, ciphertext.len())?,
+            )
+        } else {
+            let ciphertext = store.get_pack(&pack.id, pack.length)?;
+            pack.check(&ciphertext)?;
+            pack_bytes += ciphertext.len() as u64;
+            Opened::Signed(open_pack(
+                identity,
+                &ciphertext,
+                &pack.id,
+                ciphertext.len(),
+            )?)
+        };
         packs += 1;
-        pack_bytes += ciphertext.len() as u64;
         for (chunk, loc) in chunks {
             let indices = pages_of.get(chunk).map(Vec::as_slice).unwrap_or(&[]);
             let first = indices.first().copied().unwrap_or(0);
@@ -670,6 +707,37 @@ fn rebuild(
     }
     temp.file.sync_all().map_err(temp.io("cannot fsync"))?;
     Ok((packs, pack_bytes))
+}
+
+/// A decrypted pack: checked against its signed id, or re-encrypted (checked through the
+/// signed body's page ids and file hashes instead).
+enum Opened {
+    Signed(otter_keys::envelope::OpenPack),
+    Reencrypted(otter_keys::envelope::PackId, zeroize::Zeroizing<Vec<u8>>),
+}
+
+impl Opened {
+    fn at(&self, loc: &otter_keys::envelope::ChunkLocation) -> Result<&[u8], RestoreError> {
+        match self {
+            Opened::Signed(p) => Ok(p.at(loc)?),
+            Opened::Reencrypted(id, plain) => {
+                let bad = || {
+                    RestoreError::Verify(format!(
+                        "chunk at {}+{} is outside re-encrypted pack {id} ({} bytes)",
+                        loc.offset,
+                        loc.length,
+                        plain.len()
+                    ))
+                };
+                if &loc.pack != id {
+                    return Err(bad());
+                }
+                let start = usize::try_from(loc.offset).map_err(|_| bad())?;
+                let end = start.checked_add(loc.length as usize).ok_or_else(bad)?;
+                plain.get(start..end).ok_or_else(bad)
+            }
+        }
+    }
 }
 
 /// The database checks, then the whole-file hashes (last, so they cover the file exactly as

@@ -9,7 +9,6 @@
 mod fetch;
 mod trusted;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use otter_keys::atomic::write_atomic;
@@ -423,9 +422,10 @@ impl<F: Fetcher> Updater<F> {
         Ok(format!("{base}{}", url_path.join("/")))
     }
 
-    /// Downloads a target into `target_dir`: streamed into a temporary file with the hashes
-    /// computed on the way, at most the signed length, and renamed into place only once
-    /// length and hashes match.
+    /// Downloads a target into `target_dir` with [`crate::download`]: streamed into a part
+    /// file with the hashes computed on the way, at most the signed length, resumed (HTTP
+    /// `Range`) when an earlier attempt was cut, and renamed into place only once length and
+    /// hashes match.
     pub fn download_target(
         &self,
         target: &str,
@@ -435,47 +435,34 @@ impl<F: Fetcher> Updater<F> {
         let url = self.target_url(target, info)?;
         std::fs::create_dir_all(target_dir).map_err(io_err(target_dir))?;
         let final_path = Self::local_target_path(target_dir, target);
-        let tmp = target_dir.join(format!(".{}.part-{}", quote(target), std::process::id()));
-        let result = (|| {
-            let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-            let hasher =
-                MultiHasher::for_hashes(&info.hashes).map_err(|source| UpdateError::Target {
+        // Resumable (crate::download): the part is named after the signed hash too, so a
+        // part of another signed version of the same target is never resumed.
+        let hash: String = info
+            .hashes
+            .values()
+            .next()
+            .map(|h| h.chars().filter(char::is_ascii_hexdigit).take(16).collect())
+            .unwrap_or_default();
+        let part = target_dir.join(format!(".{}.{hash}.part", quote(target)));
+        let opts = crate::download::DownloadOptions {
+            attempts: 1,
+            ..crate::download::DownloadOptions::default()
+        };
+        use crate::download::DownloadError as D;
+        crate::download::download_to(&self.fetcher, &url, target, info, &final_path, &part, &opts)
+            .map(|d| d.path)
+            .map_err(|e| match e {
+                D::Fetch { source, .. } => UpdateError::Fetch(source),
+                D::Verify { source, .. } => UpdateError::Target {
                     target: target.into(),
                     source,
-                })?;
-            let mut w = HashingWriter { file, hasher };
-            self.fetcher.fetch_to(&url, info.length, &mut w)?;
-            w.file.sync_all().map_err(io_err(&tmp))?;
-            w.hasher
-                .finish(Some(info.length), &info.hashes)
-                .map_err(|source| UpdateError::Target {
+                },
+                D::NoSha256(_) => UpdateError::Target {
                     target: target.into(),
-                    source,
-                })?;
-            std::fs::rename(&tmp, &final_path).map_err(io_err(&final_path))?;
-            otter_keys::atomic::sync_dir(target_dir).map_err(io_err(target_dir))?;
-            Ok(final_path.clone())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
-    }
-}
-
-struct HashingWriter {
-    file: std::fs::File,
-    hasher: MultiHasher,
-}
-
-impl Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+                    source: HashError::Empty,
+                },
+                D::Io { path, source } => UpdateError::Io { path, source },
+            })
     }
 }
 

@@ -9,8 +9,16 @@
 //! object, so the catalog never lists a pack or manifest that is not stored.
 //!
 //! - [`receipt`]: the server's backup receipt key, which countersigns manifests.
+//! - [`retention`]: which backups the retention policy keeps (pure).
+//! - [`gc`]: `prune`: retention, then garbage collection of unreferenced packs.
+//! - [`verify`]: keyless verification of the catalog against the store.
+//! - [`quota`]: which pack uploads are admitted (stored-bytes quota, packs being collected).
 
 pub mod receipt;
+pub mod gc;
+pub mod quota;
+pub mod retention;
+pub mod verify;
 
 use otter_keys::envelope::{
     Countersignature, EnvelopeError, ManifestHeader, PackId, SignedManifest,
@@ -264,6 +272,9 @@ pub fn insert_manifest(
             sequence: header.sequence,
         });
     }
+    // Again inside the transaction: a prune may have collected a pack since the checks on
+    // receipt, and a catalogued backup must never miss one (see `gc`).
+    check_packs(&tx, header)?;
     let header_json =
         serde_json::to_vec(header).map_err(|e| BackupError::Corrupt(format!("header: {e}")))?;
     let cs = serde_json::to_string(&record.countersignature)

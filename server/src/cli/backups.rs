@@ -1,8 +1,13 @@
-//! `otter-server backups list|show`: the backup catalog, straight on the data dir's
-//! database (safe while the server runs).
+//! `otter-server backups list|show|verify|prune`: the backup catalog, straight on the data
+//! dir's database and object store (safe while the server runs).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use otter_server::audit::Actor;
+use otter_server::backups::gc::{prune, PruneOptions, PruneReport};
+use otter_server::backups::verify::{verify, VerifyReport};
 use otter_server::backups::{list_manifests, show_manifest, ManifestRecord};
+use otter_server::db::unix_now;
+use otter_server::store::Store;
 
 use super::DataDirArgs;
 
@@ -29,6 +34,90 @@ pub enum BackupsCommand {
         #[command(flatten)]
         dir: DataDirArgs,
     },
+    /// Verify backups without any key: each device's chain (kept and pruned manifests),
+    /// the device's signature and the server's countersignature of every manifest, and every
+    /// pack a backup needs, re-hashed from the object store. Records the result of each
+    /// backup in the catalog. Exits with status 1 when anything is wrong.
+    Verify {
+        /// Only this device's backups.
+        #[arg(long)]
+        device: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
+    /// Apply the retention policy ([backups.retention]) and delete the backups it does not
+    /// keep, then the packs no kept backup needs (packs of a backup still uploading are left
+    /// alone for backups.unreferenced_pack_grace_secs). Audited. Safe while the server runs.
+    Prune {
+        /// Only report what would be pruned; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this device's backups.
+        #[arg(long)]
+        device: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
+}
+
+fn open_store(config: &otter_server::Config) -> Result<Store> {
+    Store::open(&config.store, &config.default_store_dir())
+        .with_context(|| format!("opening the object store of {}", config.data_dir.display()))
+}
+
+fn print_verify(r: &VerifyReport) {
+    println!(
+        "verified {} device(s): {} backup(s), {} pruned chain link(s), {} pack(s), {} bytes hashed",
+        r.devices, r.manifests, r.pruned_links, r.packs, r.bytes_hashed
+    );
+    for p in &r.problems {
+        println!("PROBLEM {p}");
+    }
+    if r.ok {
+        println!("OK: every backup verifies");
+    }
+}
+
+fn print_prune(r: &PruneReport) {
+    let verb = if r.dry_run { "would prune" } else { "pruned" };
+    for d in &r.devices {
+        let kept: Vec<String> = d
+            .decisions
+            .iter()
+            .filter(|x| x.keep())
+            .map(|x| format!("#{}", x.sequence))
+            .collect();
+        println!(
+            "{}: keeps {} [{}]; {verb} {:?}; {} pack(s), {} bytes; {} young unreferenced pack(s) left alone",
+            d.device_id,
+            kept.len(),
+            kept.join(" "),
+            d.pruned,
+            d.collected_packs.len(),
+            d.collected_bytes,
+            d.packs_in_grace
+        );
+    }
+    println!(
+        "{verb} {} backup(s), {} pack(s), {} bytes{}",
+        r.manifests_pruned,
+        r.packs_collected,
+        r.bytes_freed,
+        if r.dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        }
+    );
+    for e in &r.store_errors {
+        println!("WARNING {e} (the next prune retries)");
+    }
 }
 
 fn print_table(backups: &[ManifestRecord]) {
@@ -80,6 +169,60 @@ pub fn run(cmd: BackupsCommand) -> Result<()> {
             };
             let v = serde_json::json!({ "backup": record, "header": header });
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        BackupsCommand::Verify { device, json, dir } => {
+            let db = super::token::open(&dir)?;
+            let config = dir.config()?;
+            let store = open_store(&config)?;
+            let receipt = otter_server::backups::receipt::load_receipt_public_key(&config)
+                .context("reading the backup receipt public key (keys/backup-receipt.pub)")?;
+            let report = actix_web::rt::System::new().block_on(verify(
+                &db,
+                &store,
+                &receipt,
+                device.as_deref(),
+                unix_now(),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_verify(&report);
+            }
+            if !report.ok {
+                bail!(
+                    "{} problem(s) found in the backups (listed above)",
+                    report.problems.len()
+                );
+            }
+        }
+        BackupsCommand::Prune {
+            dry_run,
+            device,
+            json,
+            dir,
+        } => {
+            let db = super::token::open(&dir)?;
+            let config = dir.config()?;
+            config.validate()?;
+            let store = open_store(&config)?;
+            let opts = PruneOptions {
+                device,
+                dry_run,
+                now: unix_now(),
+                grace_secs: config.backups.unreferenced_pack_grace_secs,
+            };
+            let report = actix_web::rt::System::new().block_on(prune(
+                &db,
+                &store,
+                &config.backups.retention,
+                opts,
+                Actor::host("otter-server backups prune"),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_prune(&report);
+            }
         }
     }
     Ok(())

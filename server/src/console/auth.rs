@@ -46,6 +46,9 @@ pub enum ConsoleError {
     /// Nothing there.
     #[error("{0}")]
     NotFound(String),
+    /// Not possible in the current state.
+    #[error("{0}")]
+    Conflict(String),
     /// Something behind the console failed; the detail is in the log.
     #[error("{0} failed; the server log has the details")]
     Internal(String),
@@ -67,6 +70,7 @@ impl ResponseError for ConsoleError {
             ConsoleError::Forbidden(_) | ConsoleError::Csrf => StatusCode::FORBIDDEN,
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
+            ConsoleError::Conflict(_) => StatusCode::CONFLICT,
             ConsoleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -9,14 +9,18 @@
 //! - [`auth`]: the [`auth::ConsoleAuth`] extractor (session, token still valid, role admitted
 //!   by the route's [`crate::http::auth::Policy`]) and the CSRF check every POST passes first.
 //! - [`html`]: escaping and the page frame.
+//! - [`audit`]: the audit log with its chain status, security events, restore requests.
 //! - [`pages`]: the handlers.
+//! - [`rollouts`]: a release's page, its rollout chart and controls.
 //!
 //! Every console response carries a strict Content-Security-Policy (no inline script or
 //! style, no framing) and `Cache-Control: no-store` (pages hold fleet data).
 
+pub mod audit;
 pub mod auth;
 pub mod html;
 pub mod pages;
+pub mod rollouts;
 pub mod session;
 
 use std::time::Duration;
@@ -28,7 +32,9 @@ use actix_web::middleware::{self, Next};
 use actix_web::web;
 use serde::{Deserialize, Serialize};
 
+use crate::http::audit_api::ReadAudit;
 use crate::http::auth::{Policy, ReadBackups, ReadDevices, ReadReleases};
+use crate::http::rollouts_api::{ManageRollouts, ReadRollouts};
 use crate::http::Access;
 use crate::tokens::TokenRole;
 
@@ -135,7 +141,28 @@ pub const CONSOLE_ROUTES: &[(&str, &str, Access)] = &[
         "/console/releases",
         Access::Roles(ReadReleases::ROLES),
     ),
+    (
+        "GET",
+        "/console/releases/{name}/{version}",
+        Access::Roles(ReadRollouts::ROLES),
+    ),
+    (
+        "POST",
+        "/console/releases/{name}/{version}/rollout",
+        Access::Roles(ManageRollouts::ROLES),
+    ),
     ("GET", "/console/backups", Access::Roles(ReadBackups::ROLES)),
+    (
+        "POST",
+        "/console/backups/{device}/restore",
+        Access::Roles(RequestRestore::ROLES),
+    ),
+    (
+        "GET",
+        "/console/security",
+        Access::Roles(ReadDevices::ROLES),
+    ),
+    ("GET", "/console/audit", Access::Roles(ReadAudit::ROLES)),
 ];
 
 /// The public console routes: sign-in page and form, stylesheet.
@@ -161,6 +188,16 @@ pub const NAV: &[html::Nav] = &[
         path: "/backups",
         label: "Backups",
         roles: ReadBackups::ROLES,
+    },
+    html::Nav {
+        path: "/security",
+        label: "Security",
+        roles: ReadDevices::ROLES,
+    },
+    html::Nav {
+        path: "/audit",
+        label: "Audit log",
+        roles: ReadAudit::ROLES,
     },
 ];
 
@@ -214,7 +251,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/fleet", web::get().to(pages::fleet))
             .route("/devices/{device}", web::get().to(pages::device))
             .route("/releases", web::get().to(pages::releases))
+            .route(
+                "/releases/{name}/{version}",
+                web::get().to(rollouts::release),
+            )
+            .route(
+                "/releases/{name}/{version}/rollout",
+                web::post().to(rollouts::rollout_post),
+            )
             .route("/backups", web::get().to(pages::backups))
+            .route(
+                "/backups/{device}/restore",
+                web::post().to(audit::request_restore),
+            )
+            .route("/security", web::get().to(audit::security))
+            .route("/audit", web::get().to(audit::audit_log))
             .default_service(web::to(pages::not_found)),
     );
 }

@@ -19,6 +19,7 @@ use crate::backups::{list_manifests, ManifestRecord};
 use crate::db::unix_now;
 use crate::fleet::report::Health;
 use crate::fleet::{list_devices, DeviceFilter, DeviceInfo};
+use crate::http::auth::Policy;
 use crate::http::auth::{ReadBackups, ReadDevices, ReadReleases};
 use crate::http::AppState;
 use crate::tokens::lookup_token;
@@ -616,6 +617,17 @@ pub async fn releases(
         .list_releases()
         .await
         .map_err(|e| ConsoleError::internal("reading the releases", &e))?;
+    let rollouts = state
+        .db
+        .call(|c| Ok(crate::rollout::list(c, true)))
+        .await
+        .map_err(|e| ConsoleError::internal("reading the rollouts", &e))?
+        .map_err(|e| ConsoleError::internal("reading the rollouts", &e))?;
+    let rollout_of = |name: &str, version: &str| {
+        rollouts
+            .iter()
+            .find(|r| r.name == name && r.version == version)
+    };
     let mut b = String::new();
     if releases.is_empty() {
         b.push_str("<p class=\"empty\">No release published yet: <code>otter-server publish BUNDLE</code>.</p>");
@@ -624,13 +636,14 @@ pub async fn releases(
             "<div class=\"scroll\"><table id=\"releases\"><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Version</th>\
              <th scope=\"col\">Kind</th><th scope=\"col\">Channel</th><th scope=\"col\">Hardware</th>\
              <th scope=\"col\">Size</th><th scope=\"col\">SHA-256</th><th scope=\"col\">Published</th>\
-             <th scope=\"col\">Targets v.</th><th scope=\"col\">State</th></tr></thead><tbody>",
+             <th scope=\"col\">Targets v.</th><th scope=\"col\">State</th><th scope=\"col\">Rollout</th></tr></thead><tbody>",
         );
         for r in &releases {
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                 <td><code title=\"{}\">{}…</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td><code title=\"{}\">{}…</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                super::rollouts::release_href(&r.name, &r.version),
                 esc(&r.name),
                 esc(&r.version),
                 esc(&r.kind),
@@ -645,6 +658,19 @@ pub async fn releases(
                     || "<span class=\"badge health-ok\">published</span>".to_owned(),
                     |t| format!("<span class=\"badge revoked\">yanked</span> {}", time(t))
                 ),
+                rollout_of(&r.name, &r.version).map_or_else(
+                    || "<span class=\"muted\">none</span>".to_owned(),
+                    |ro| format!(
+                        "{} {}%{}",
+                        super::rollouts::status_badge(ro.status),
+                        ro.percent,
+                        if ro.groups.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" + {}", esc(&ro.groups.join(", ")))
+                        }
+                    )
+                ),
             );
         }
         b.push_str("</tbody></table></div>");
@@ -657,6 +683,8 @@ pub async fn releases(
 pub struct BackupsQuery {
     /// Only this device.
     pub device: Option<String>,
+    /// A restore of this backup was just requested.
+    pub requested: Option<u64>,
 }
 
 /// `GET /console/backups[?device=D]` (admin, operator, auditor, restorer): per device, the
@@ -671,12 +699,21 @@ pub async fn backups(
         .into_inner();
     let device = nonempty(&q.device).map(str::to_owned);
     let d = device.clone();
-    let records = state
+    let (records, requests) = state
         .db
-        .call(move |c| Ok(list_manifests(c, d.as_deref())))
+        .call(move |c| {
+            let records = list_manifests(c, d.as_deref());
+            let requests = match d.as_deref() {
+                Some(dev) => super::audit::restore_requests(c, dev),
+                None => Ok(Vec::new()),
+            };
+            Ok((records, requests))
+        })
         .await
-        .map_err(|e| ConsoleError::internal("reading the backup catalog", &e))?
         .map_err(|e| ConsoleError::internal("reading the backup catalog", &e))?;
+    let records = records.map_err(|e| ConsoleError::internal("reading the backup catalog", &e))?;
+    let requests =
+        requests.map_err(|e| ConsoleError::internal("reading the restore requests", &e))?;
     let mut per_device: BTreeMap<&str, Vec<ManifestRecord>> = BTreeMap::new();
     for r in &records {
         per_device
@@ -715,8 +752,37 @@ pub async fn backups(
         b.push_str("</tbody></table></div>");
     }
     if let Some(dev) = &device {
+        if let Some(n) = q.requested {
+            let _ = write!(
+                b,
+                "<p class=\"notice\" role=\"status\">A restore of backup #{n} was requested and recorded in the audit log.</p>"
+            );
+        }
         let _ = write!(b, "<h2>Backups of <code>{}</code></h2>", esc(dev));
         b.push_str(&backups_table(&records, false));
+        if !requests.is_empty() {
+            b.push_str("<h2>Restore requests</h2><table id=\"restore-requests\"><thead><tr><th scope=\"col\">When</th><th scope=\"col\">By</th><th scope=\"col\">Backup</th><th scope=\"col\">Reason</th></tr></thead><tbody>");
+            for r in &requests {
+                let _ = write!(
+                    b,
+                    "<tr><td>{}</td><td>{}</td><td>#{}</td><td>{}</td></tr>",
+                    time(r.at),
+                    esc(&r.by),
+                    r.sequence,
+                    esc(&r.reason)
+                );
+            }
+            b.push_str("</tbody></table>");
+        }
+        if let Some(latest) = records.last() {
+            if auth.may(super::RequestRestore::ROLES) {
+                b.push_str(&super::audit::restore_form(
+                    dev,
+                    latest.sequence,
+                    &auth.session.csrf,
+                ));
+            }
+        }
     }
     Ok(page(&auth, "Backups", "/backups", &b))
 }

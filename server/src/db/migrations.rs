@@ -218,6 +218,49 @@ CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#,
     },
+    Migration {
+        version: 8,
+        name: "backup retention: pruned manifests, pack tombstones, verification results",
+        sql: r#"
+-- Manifests removed by retention. The row moves here from backup_manifests (whose object is
+-- then deleted from the store; store_deleted once it is); the header and the server's
+-- countersignature stay, so the hash chain of the manifests that remain is still checked
+-- link by link.
+CREATE TABLE backup_pruned_manifests (
+    device_id         TEXT    NOT NULL,
+    sequence          INTEGER NOT NULL CHECK (sequence >= 1),
+    header_hash       TEXT    NOT NULL UNIQUE,
+    header            BLOB    NOT NULL,
+    created           INTEGER NOT NULL,
+    received_at       INTEGER NOT NULL,
+    countersignature  TEXT    NOT NULL,
+    pruned_at         INTEGER NOT NULL,
+    store_deleted     INTEGER NOT NULL DEFAULT 0 CHECK (store_deleted IN (0, 1)),
+    PRIMARY KEY (device_id, sequence)
+) STRICT;
+
+-- Packs being garbage-collected: the catalog row is gone, the object may still be in the
+-- store. A pack upload with a tombstone is refused (retry later) until the collection that
+-- wrote it has deleted the object; an interrupted collection is finished by the next prune.
+CREATE TABLE backup_pack_tombstones (
+    device_id  TEXT    NOT NULL,
+    pack_id    TEXT    NOT NULL,
+    since      INTEGER NOT NULL,
+    PRIMARY KEY (device_id, pack_id)
+) STRICT, WITHOUT ROWID;
+
+-- The last keyless verification of each catalogued manifest: when, and what it found
+-- (problems is a JSON array of strings, empty when it verified).
+CREATE TABLE backup_verifications (
+    device_id    TEXT    NOT NULL,
+    sequence     INTEGER NOT NULL,
+    verified_at  INTEGER NOT NULL,
+    ok           INTEGER NOT NULL CHECK (ok IN (0, 1)),
+    problems     TEXT    NOT NULL,
+    PRIMARY KEY (device_id, sequence)
+) STRICT;
+"#,
+    },
 ];
 
 /// Brings the schema up to date.

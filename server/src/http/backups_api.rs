@@ -23,6 +23,7 @@
 //!   (admin, operator, auditor, restorer).
 //!
 //! Refusals change nothing: `invalid_pack_id`, `backup_pack_too_large` (413),
+//! `backup_quota_exceeded` (413), `backup_pack_being_collected` (503),
 //! `backup_pack_hash_mismatch`, `backup_pack_empty`, `backup_manifest_malformed`,
 //! `backup_manifest_too_large` (413), `backup_wrong_device` (403),
 //! `backup_signature_invalid`, `backup_chain_broken` (409), `backup_sequence_conflict`
@@ -148,6 +149,8 @@ pub async fn put_pack(
         .map_err(db_err)?
         .map_err(backup_err)?;
     if known != Some(length) {
+        // Quota, and no re-upload of a pack a prune is deleting (backups_admin.rs).
+        super::backups_admin::admit_pack(&state, &device, pack, length).await?;
         state
             .store
             .put_file(&pack_key(&device, &pack), spooled.file.path())

@@ -3,6 +3,7 @@
 
 pub mod audit_api;
 pub mod auth;
+pub mod backups_admin;
 pub mod backups_api;
 pub mod conditional;
 pub mod delegations_api;
@@ -227,6 +228,16 @@ pub const API_ROUTES: &[(&str, &str, Access)] = {
             "/api/v1/backups/{device}/{sequence}",
             Access::Roles(auth::ReadBackups::ROLES),
         ),
+        (
+            "POST",
+            "/api/v1/backup-maintenance/prune",
+            Access::Roles(backups_admin::PruneBackups::ROLES),
+        ),
+        (
+            "POST",
+            "/api/v1/backup-maintenance/verify",
+            Access::Roles(backups_admin::VerifyBackups::ROLES),
+        ),
     ]
 };
 
@@ -268,6 +279,16 @@ pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_by
     .service(
         web::resource("/api/v1/backups/{device}/{sequence}")
             .route(web::get().to(backups_api::show))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/backup-maintenance/prune")
+            .route(web::post().to(backups_admin::prune))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/backup-maintenance/verify")
+            .route(web::post().to(backups_admin::verify))
             .default_service(web::to(error::method_not_allowed)),
     );
     cfg.service(get_head("/repo/metadata/{file}", files::metadata))

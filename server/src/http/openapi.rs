@@ -45,6 +45,70 @@ pub const PUBLIC_ROUTES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Prose that precedes the generated reference in `docs/api.md`.
+const GUIDE: &str = r#"
+## Delegated targets roles (a vendor signs its own releases)
+
+A team or vendor (say the card-reader driver vendor) can own a delegated targets role: it
+signs that role's metadata offline with its own keys and the server, which holds no key for
+it, only checks and serves it. Clients (the Otter agent, python-tuf, any TUF client) trust
+its targets because the top-level targets, signed by the server, delegate the paths to the
+vendor's keys.
+
+1. The vendor makes a key offline: `otter-keys key new --dir vendor-keys --name cr-1`, and
+   gives `vendor-keys/cr-1.pub.json` (a TUF public key object) to the admin.
+2. The admin declares the delegation: `POST /api/v1/delegations` with
+   `{"name": "card-reader", "keys": [CONTENTS OF cr-1.pub.json], "threshold": 1,
+   "paths": ["cardreader-*"], "terminating": true}`. The server re-signs targets, snapshot
+   and timestamp. Posting the same name again replaces the delegation (new keys, threshold
+   or paths); metadata the new delegation no longer admits is dropped from the snapshot.
+   Keys of the repository's own roles are refused: the server must hold no key of the role.
+3. A publisher uploads each target file: `PUT /api/v1/delegations/card-reader/targets/NAME`
+   with the file as body. The name must match the delegation's patterns and be a flat file
+   name (no `/`). The answer holds the entry (`length`, `hashes`) to list in the metadata.
+   Target files must be stored this way before the metadata naming them is accepted.
+4. The vendor writes the role's metadata (version above every version accepted before, an
+   expiry in the future), unsigned:
+   `{"signed": {"_type": "targets", "spec_version": "1.0.31", "version": 1,
+   "expires": "2027-01-01T00:00:00Z", "targets": {"cardreader-2.1.0.bin": ENTRY}},
+   "signatures": []}`, signs it offline with `otter-keys sign --key vendor-keys/cr-1.key
+   FILE` (a threshold of the delegated keys), and a publisher uploads it:
+   `PUT /api/v1/delegations/card-reader` with the file as body.
+5. The server refuses, with a JSON 4xx error and without changing anything: a signature by a
+   delegated key that does not verify (`bad_signature`), fewer valid signatures than the
+   threshold (`signature_threshold`), a version not above the last one accepted
+   (`version_rollback`, 409), expired metadata (`expired`), a target outside the delegated
+   patterns (`path_not_delegated`), a target not stored or stored with another length or
+   hash (`target_mismatch`), further delegations or malformed metadata
+   (`invalid_metadata`), an undeclared role (`unknown_role`, 404) and unsafe role names
+   (`invalid_name`). Accepted metadata is served unchanged at
+   `/repo/metadata/VERSION.ROLE.json` and named in a new snapshot and timestamp.
+6. Anyone can check the result offline: `otter-keys verify --root 1.root.json
+   --delegator N.targets.json --role card-reader V.card-reader.json`.
+
+`DELETE /api/v1/delegations/card-reader` removes the delegation. Accepted versions stay
+recorded, so a later delegation of the same name starts above them.
+
+## Operations endpoints
+
+- `GET /healthz` and `GET /readyz` (anyone): 200 `{"status": "ok", "checks": {...}}` when
+  the database answers and the object store holds the timestamp, 503 `unhealthy` otherwise.
+- `GET /metrics`: Prometheus text format 0.0.4. It needs an API token with the role admin,
+  operator or auditor, because device counts by installed version tell which terminals run
+  a vulnerable version. Prometheus sends the token with
+  `authorization: {type: Bearer, credentials_file: /etc/prometheus/otter-token}`. The
+  metrics are `otter_http_requests_total{method,route,status}`,
+  `otter_http_request_duration_seconds{method,route}` (histogram),
+  `otter_repo_bytes_served_total{kind}`, `otter_publishes_total{kind}`,
+  `otter_rollout_failures_total{release}`, `otter_backup_bytes_received_total`,
+  `otter_devices{state}`, `otter_devices_installed{component,version}`, `otter_build_info`
+  and `otter_uptime_seconds`. Labels hold route patterns, never raw paths.
+- Logs: `otter-server serve --log-format json` writes one JSON object per line on standard
+  error (level from `OTTER_LOG`); every request is logged with method, path, status and
+  duration, never headers or bodies.
+
+"#;
+
 /// `GET /api/v1/openapi.json`: the document (public: it holds no secret).
 pub async fn serve() -> HttpResponse {
     HttpResponse::Ok()
@@ -171,6 +235,42 @@ fn described(method: &str, path: &str) -> Described {
             obj(json!({"type": "object", "properties": {"role": {"type": "string"}, "target": {"type": "string"},
                 "entry": {"type": "object", "properties": {"length": {"type": "integer"}, "hashes": {"type": "object"}}}}})),
         ),
+        ("GET", "/api/v1/rollouts") => d("List every release's rollout, newest first; query `yanked=true` includes yanked ones", None, 200, None),
+        ("GET", "/api/v1/rollouts/{name}/{version}") => d("Show a release's rollout: percent, groups, state, reported outcomes", None, 200, None),
+        ("POST", "/api/v1/rollouts/{name}/{version}/percent") => d(
+            "Set the rollout percentage (a newly signed targets version)",
+            obj(json!({"type": "object", "required": ["percent"], "properties": {
+                "percent": {"type": "integer", "minimum": 0, "maximum": 100}, "force": {"type": "boolean"}}})),
+            200, None),
+        ("POST", "/api/v1/rollouts/{name}/{version}/groups") => d(
+            "Set the device groups a rollout targets",
+            obj(json!({"type": "object", "required": ["groups"], "properties": {
+                "groups": {"type": "array", "items": {"type": "string"}}}})),
+            200, None),
+        ("POST", "/api/v1/rollouts/{name}/{version}/pause") => d("Pause a rollout (optional body {\"reason\"})", None, 200, None),
+        ("POST", "/api/v1/rollouts/{name}/{version}/resume") => d("Resume a paused or halted rollout", None, 200, None),
+        ("POST", "/api/v1/rollouts/{name}/{version}/abort") => d("Abort a rollout (optional body {\"reason\"})", None, 200, None),
+        ("GET", "/api/v1/audit") => d("Read the hash-chained audit log; query `after`, `limit`", None, 200, None),
+        ("GET", "/api/v1/audit/verify") => d("Verify the whole audit chain", None, 200, None),
+        ("PUT", "/api/v1/device/backups/packs/{pack_id}") => d(
+            "Upload an encrypted backup pack, named by the SHA-256 of its bytes",
+            Some(("application/octet-stream", json!({"type": "string"}))), 201, None),
+        ("HEAD", "/api/v1/device/backups/packs/{pack_id}") => d("Whether the server holds a pack of this device", None, 200, None),
+        ("GET", "/api/v1/device/backups/packs/{pack_id}") => d("Download one of this device's packs", None, 200,
+            Some(("application/octet-stream", json!({"type": "string"})))),
+        ("POST", "/api/v1/device/backups/manifests") => d(
+            "Submit a signed backup manifest; answered with the server's countersignature",
+            obj(json!({"type": "object"})), 201, None),
+        ("GET", "/api/v1/device/backups/manifests") => d("List this device's accepted manifests", None, 200, None),
+        ("GET", "/api/v1/device/backups/manifests/{sequence}") => d("Download one of this device's stored manifests", None, 200, None),
+        ("GET", "/api/v1/backups") => d("The backup catalog; query `device`", None, 200, None),
+        ("GET", "/api/v1/backups/{device}/{sequence}") => d("One backup of a device: manifest summary and receipt", None, 200, None),
+        ("POST", "/api/v1/backup-maintenance/prune") => d(
+            "Apply backup retention, then garbage-collect unreferenced packs (audited); query `device`, `dry_run`",
+            None, 200, None),
+        ("POST", "/api/v1/backup-maintenance/verify") => d(
+            "Verify backups without any key: chain, signatures, countersignatures, every pack re-hashed from the store; query `device`",
+            None, 200, None),
         _ => d("", None, 200, None),
     }
 }
@@ -363,6 +463,7 @@ pub fn markdown() -> String {
          4xx or 5xx status, and a refused request changes nothing.\n",
         doc["info"]["version"].as_str().unwrap_or("")
     );
+    o.push_str(GUIDE);
     let _ = writeln!(
         o,
         "## Summary\n\n| Method | Path | Who | What |\n|---|---|---|---|"

@@ -691,6 +691,8 @@ pub struct OutcomeSeen {
     pub status: Status,
     /// The counts, this outcome included.
     pub outcomes: Outcomes,
+    /// Whether this report recorded a new failure (not a repeat of the device's last).
+    pub new_failure: bool,
 }
 
 /// Stores the outcome a device reported, when it names a published release (by target
@@ -720,7 +722,7 @@ pub fn record_outcome(
     };
     // A repeated report of the same outcome keeps its first time, so an outcome from before
     // a resume is not counted again after it.
-    conn.execute(
+    let changed = conn.execute(
         "INSERT INTO update_outcomes (release_id, device_id, result, reported_at)
          VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (release_id, device_id) DO UPDATE SET result = excluded.result,
@@ -733,6 +735,7 @@ pub fn record_outcome(
         version,
         status: l.row.status,
         outcomes: outcomes(conn, l.row.release_id, l.row.evaluate_since)?,
+        new_failure: changed > 0 && outcome.result != UpdateResult::Success,
     }))
 }
 
@@ -756,6 +759,9 @@ pub async fn after_report(
         .call(move |c| Ok(record_outcome(c, &id, &outcome, unix_now())))
         .await??;
     let Some(seen) = seen else { return Ok(None) };
+    if seen.new_failure {
+        crate::metrics::record_rollout_failure(&format!("{}/{}", seen.name, seen.version));
+    }
     if seen.status != Status::Active || !should_halt(cfg, &seen.outcomes) {
         return Ok(None);
     }

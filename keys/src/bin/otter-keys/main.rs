@@ -1,11 +1,12 @@
 //! `otter-keys`: the offline key ceremony for an Otter repository.
 //!
-//! One file per subcommand: `init`, `root` (rotate), `sign`, `verify`, `inspect`,
+//! One file per subcommand: `init`, `root` (rotate), `sign`, `verify`, `inspect`, `key`,
 //! `recovery_key`; `passphrase` gets secrets from a file, the environment or a prompt;
 //! `repo` reads and writes the files of a key directory.
 
 mod init;
 mod inspect;
+mod key;
 mod passphrase;
 mod recovery_key;
 mod repo;
@@ -64,6 +65,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Show a metadata file in human form (roles, keys, thresholds, expiry).
     Inspect(inspect::InspectArgs),
+    /// Single signing keys, e.g. a vendor's key for a delegated targets role.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// The fleet's backup recovery key (age X25519).
     #[command(subcommand, name = "recovery-key")]
     RecoveryKey(recovery_key::RecoveryKeyCommand),
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Sign(a) => sign::run(a, &cli.secrets),
         Command::Verify(a) => verify::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Key(c) => key::run(c, &cli.secrets),
         Command::RecoveryKey(c) => recovery_key::run(c, &cli.secrets),
     };
     match result {

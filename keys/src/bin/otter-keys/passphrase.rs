@@ -71,6 +71,16 @@ impl PassphraseArgs {
         Ok(p)
     }
 
+    /// A passphrase for a new key named `what` (asked twice on a prompt).
+    pub fn new_key(&self, what: &str) -> Result<SecretString> {
+        let p = match read_source(self.passphrase_file.as_deref(), "OTTER_KEYS_PASSPHRASE")? {
+            Some(p) => p,
+            None => prompt_new(what)?,
+        };
+        check_strength(&p)?;
+        Ok(p)
+    }
+
     /// A passphrase for new online keys. Without one configured and without a terminal to
     /// ask on, falls back to `fallback` or the root keys' configured passphrase.
     pub fn new_online(&self, fallback: Option<&SecretString>) -> Result<SecretString> {

@@ -1,0 +1,354 @@
+//! The console's audit and security pages, and restore requests:
+//!
+//! - `GET /console/audit` (admin, auditor): the hash-chained audit log, newest first, with
+//!   the result of walking the whole chain ([`crate::audit::verify`]).
+//! - `GET /console/security` (admin, operator, auditor): the security events of every
+//!   device's last report, newest first: the alerts to look at.
+//! - `POST /console/backups/{device}/restore` (admin, restorer; CSRF-checked; the device id
+//!   typed again to confirm): records a restore request for one catalogued backup as an
+//!   audit entry `backup.restore_request`. Nothing acts on it yet: a restorer or an admin
+//!   then runs the restore (`otter-agent restore` on the terminal or its replacement).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{ConsoleAuth, ConsoleError};
+use super::html::{self, esc, time, url_part};
+use super::{RequestRestore, NAV};
+use crate::audit::{self, Actor};
+use crate::db::unix_now;
+use crate::fleet::{list_devices, DeviceFilter};
+use crate::http::audit_api::ReadAudit;
+use crate::http::auth::ReadDevices;
+use crate::http::AppState;
+
+/// Entries shown on one audit page.
+pub const PAGE: u32 = 100;
+
+/// The audit action of a restore request.
+pub const RESTORE_REQUEST: &str = "backup.restore_request";
+
+fn page<P: crate::http::auth::Policy>(
+    auth: &ConsoleAuth<P>,
+    title: &str,
+    current: &str,
+    body: &str,
+) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(html::page(title, current, Some(&auth.who()), NAV, body))
+}
+
+/// Query of the audit page.
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditQuery {
+    /// Show entries up to this sequence number (older pages).
+    pub before: Option<i64>,
+}
+
+/// `GET /console/audit[?before=SEQ]` (admin, auditor): chain status and entries.
+pub async fn audit_log(
+    auth: ConsoleAuth<ReadAudit>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ConsoleError> {
+    let q = web::Query::<AuditQuery>::from_query(req.query_string())
+        .map_err(|e| ConsoleError::BadRequest(format!("the query is malformed: {e}")))?
+        .into_inner();
+    let (verification, entries) = state
+        .db
+        .call(move |c| {
+            let v = audit::verify(c, None);
+            let head = audit::head(c).map(|h| h.seq).unwrap_or(0);
+            let upto = q.before.map_or(head, |b| b.saturating_sub(1)).min(head);
+            let after = upto.saturating_sub(i64::from(PAGE));
+            let entries = audit::list(c, after, PAGE);
+            Ok((v, entries))
+        })
+        .await
+        .map_err(|e| ConsoleError::internal("reading the audit log", &e))?;
+    let v = verification.map_err(|e| ConsoleError::internal("verifying the audit log", &e))?;
+    let entries = entries.map_err(|e| ConsoleError::internal("reading the audit log", &e))?;
+    let mut b = String::new();
+    match &v.broken {
+        None => {
+            let _ = write!(
+                b,
+                "<p class=\"card\" id=\"chain-status\"><span class=\"badge health-ok\">chain intact</span> \
+                 {} entries verified from the first; head <code>{}</code></p>",
+                v.verified,
+                esc(&v.head.to_string())
+            );
+        }
+        Some(br) => {
+            let _ = write!(
+                b,
+                "<p class=\"card error\" id=\"chain-status\" role=\"alert\"><span class=\"badge health-failing\">chain broken</span> \
+                 at entry {}: {} ({} entries verified before it)</p>",
+                br.seq,
+                esc(&br.reason),
+                v.verified
+            );
+        }
+    }
+    b.push_str("<p class=\"hint\">Record the head elsewhere from time to time: <code>otter-server audit verify --anchor SEQ:HASH</code> then also detects a truncated tail.</p>");
+    if entries.is_empty() {
+        b.push_str("<p class=\"empty\">The audit log is empty.</p>");
+    } else {
+        b.push_str(
+            "<div class=\"scroll\"><table id=\"audit\"><thead><tr><th scope=\"col\">#</th><th scope=\"col\">When</th>\
+             <th scope=\"col\">Who</th><th scope=\"col\">Action</th><th scope=\"col\">Subject</th>\
+             <th scope=\"col\">Details</th></tr></thead><tbody>",
+        );
+        for e in entries.iter().rev() {
+            let who = match &e.actor_name {
+                Some(n) => format!(
+                    "{} <span class=\"muted\">({})</span>",
+                    esc(n),
+                    esc(&e.actor)
+                ),
+                None => esc(&e.actor),
+            };
+            let details: String = e.details.chars().take(400).collect();
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{who}</td><td><code>{}</code></td><td>{}</td><td><code class=\"wrap\">{}</code></td></tr>",
+                e.seq,
+                time(e.at),
+                esc(&e.action),
+                esc(&e.subject),
+                esc(&details)
+            );
+        }
+        b.push_str("</tbody></table></div>");
+        if let Some(oldest) = entries.first().filter(|e| e.seq > 1) {
+            let _ = write!(
+                b,
+                "<p><a href=\"/console/audit?before={}\">Older entries</a></p>",
+                oldest.seq
+            );
+        }
+    }
+    Ok(page(&auth, "Audit log", "/audit", &b))
+}
+
+/// `GET /console/security` (admin, operator, auditor): every device's reported security
+/// events, newest first.
+pub async fn security(
+    auth: ConsoleAuth<ReadDevices>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let devices = state
+        .db
+        .call(|c| Ok(list_devices(c, &DeviceFilter::default())))
+        .await
+        .map_err(|e| ConsoleError::internal("reading the device list", &e))?
+        .map_err(|e| ConsoleError::internal("reading the device list", &e))?;
+    let mut events: Vec<(i64, &str, &str, &str)> = Vec::new();
+    for d in &devices {
+        if let Some(r) = &d.last_report {
+            for e in &r.security_events {
+                events.push((e.at, &d.device_id, &e.kind, &e.detail));
+            }
+        }
+    }
+    events.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        "<p class=\"count\">{} security events in the devices' last reports.</p>",
+        events.len()
+    );
+    if events.is_empty() {
+        b.push_str("<p class=\"empty\">No security event reported.</p>");
+    } else {
+        b.push_str(
+            "<div class=\"scroll\"><table id=\"security-events\"><thead><tr><th scope=\"col\">When</th><th scope=\"col\">Device</th>\
+             <th scope=\"col\">Kind</th><th scope=\"col\">Detail</th></tr></thead><tbody>",
+        );
+        for (at, dev, kind, detail) in events.iter().take(1000) {
+            let _ = write!(
+                b,
+                "<tr class=\"alert\"><td>{}</td><td><a href=\"/console/devices/{}\">{}</a></td>\
+                 <td><span class=\"badge alert\">{}</span></td><td>{}</td></tr>",
+                time(*at),
+                url_part(dev),
+                esc(dev),
+                esc(kind),
+                esc(detail)
+            );
+        }
+        b.push_str("</tbody></table></div>");
+    }
+    Ok(page(&auth, "Security events", "/security", &b))
+}
+
+/// A restore request as recorded: when, by whom, which backup, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreRequest {
+    /// Audit sequence number.
+    pub seq: i64,
+    /// When.
+    pub at: i64,
+    /// Who (the token's label when known).
+    pub by: String,
+    /// The backup's sequence number.
+    pub sequence: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// The restore requests recorded for `device`, newest first (read from the audit log).
+pub fn restore_requests(conn: &Connection, device: &str) -> rusqlite::Result<Vec<RestoreRequest>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, COALESCE(actor_name, actor), details FROM audit_log
+         WHERE action = ?1 AND subject = ?2 ORDER BY seq DESC LIMIT 100",
+    )?;
+    let rows = stmt.query_map([RESTORE_REQUEST, &format!("device:{device}")], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, at, by, details) = row?;
+        let v: serde_json::Value = serde_json::from_str(&details).unwrap_or_default();
+        out.push(RestoreRequest {
+            seq,
+            at,
+            by,
+            sequence: v["sequence"].as_u64().unwrap_or(0),
+            reason: v["reason"].as_str().unwrap_or("").to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// The restore request form for one device's backups.
+pub fn restore_form(device: &str, latest: u64, csrf: &str) -> String {
+    format!(
+        "<section class=\"card restore-request\" aria-label=\"Request a restore\"><h2>Request a restore</h2>\
+         <form method=\"post\" action=\"/console/backups/{}/restore\" class=\"controls\" id=\"restore-form\">{}\
+         <label for=\"restore-sequence\">Backup #</label>\
+         <input type=\"number\" id=\"restore-sequence\" name=\"sequence\" min=\"1\" value=\"{latest}\" required>\
+         <label for=\"restore-reason\">Reason</label><input id=\"restore-reason\" name=\"reason\" maxlength=\"512\" required>\
+         <label for=\"restore-confirm\">Type the device id <code>{}</code> to confirm</label>\
+         <input id=\"restore-confirm\" name=\"confirm\" required autocomplete=\"off\">\
+         <button type=\"submit\" class=\"danger\" id=\"request-restore\">Request restore</button></form></section>",
+        url_part(device),
+        html::csrf_field(csrf),
+        esc(device)
+    )
+}
+
+fn record_request(
+    conn: &mut Connection,
+    actor: &Actor,
+    device: &str,
+    sequence: u64,
+    reason: &str,
+) -> Result<Option<i64>, ConsoleError> {
+    let seq = i64::try_from(sequence)
+        .map_err(|_| ConsoleError::BadRequest("the backup number is too large".into()))?;
+    let internal =
+        |e: &dyn std::fmt::Display| ConsoleError::internal("recording the restore request", e);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| internal(&e))?;
+    let hash: Option<String> = tx
+        .query_row(
+            "SELECT header_hash FROM backup_manifests WHERE device_id = ?1 AND sequence = ?2",
+            rusqlite::params![device, seq],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| internal(&e))?;
+    let Some(hash) = hash else {
+        return Ok(None);
+    };
+    let entry = audit::append(
+        &tx,
+        actor,
+        RESTORE_REQUEST,
+        &format!("device:{device}"),
+        &json!({"sequence": sequence, "header_hash": hash, "reason": reason}),
+        unix_now(),
+    )
+    .map_err(|e| internal(&e))?;
+    tx.commit().map_err(|e| internal(&e))?;
+    Ok(Some(entry.seq))
+}
+
+/// `POST /console/backups/{device}/restore` (admin, restorer; CSRF-checked): `sequence`,
+/// `reason`, `confirm` (= the device id). Records the request in the audit log.
+pub async fn request_restore(
+    auth: ConsoleAuth<RequestRestore>,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ConsoleError> {
+    let form: HashMap<String, String> = auth.checked_form(&body)?;
+    let device = path.into_inner();
+    if form.get("confirm").map(|c| c.trim()) != Some(device.as_str()) {
+        return Err(ConsoleError::BadRequest(
+            "to request a restore, type the device id into the confirmation field".into(),
+        ));
+    }
+    let sequence: u64 = form
+        .get("sequence")
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|s| *s >= 1)
+        .ok_or_else(|| {
+            ConsoleError::BadRequest("give the number of a backup (1 or more)".into())
+        })?;
+    let reason = form.get("reason").map(|r| r.trim()).unwrap_or("");
+    if reason.is_empty()
+        || reason.chars().count() > super::rollouts::MAX_REASON
+        || reason.chars().any(char::is_control)
+    {
+        return Err(ConsoleError::BadRequest(
+            "give a reason of 1 to 512 characters, without control characters".into(),
+        ));
+    }
+    let (actor, d, r) = (
+        Actor::token(auth.session.token_id),
+        device.clone(),
+        reason.to_owned(),
+    );
+    let recorded = state
+        .db
+        .call(move |c| Ok(record_request(c, &actor, &d, sequence, &r)))
+        .await
+        .map_err(|e| ConsoleError::internal("recording the restore request", &e))??;
+    let Some(entry) = recorded else {
+        return Err(ConsoleError::NotFound(format!(
+            "device {:?} has no backup #{sequence}",
+            device.chars().take(64).collect::<String>()
+        )));
+    };
+    tracing::info!(
+        device = %device,
+        sequence,
+        audit_seq = entry,
+        by = auth.session.token_id,
+        "restore requested from the console"
+    );
+    Ok(HttpResponse::SeeOther()
+        .insert_header((
+            header::LOCATION,
+            format!(
+                "/console/backups?device={}&requested={sequence}",
+                url_part(&device)
+            ),
+        ))
+        .finish())
+}

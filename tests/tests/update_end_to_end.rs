@@ -1,0 +1,432 @@
+//! End to end, with the real binaries on loopback: `otter-server serve` (development
+//! repository), a bundle published with `otter-server publish`, a terminal enrolled with
+//! `otter-agent enroll`, then `otter-agent update` downloads it (resuming a part left by an
+//! earlier cut, with an HTTP Range request to the real server), verifies and installs it;
+//! `otter-agent status --json` and the server's device inventory show it. A second release
+//! whose health check fails is rolled back, reported as such to the server, and not tried
+//! again by `otter-agent run --once`. A third release downloaded outside the maintenance
+//! window waits, verified, and is applied by `update --now`.
+//!
+//! The binaries are taken from the target dir next to this test executable: build them
+//! first (`cargo build --workspace`; `cargo test --workspace` does).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{command, show, ServerGuard};
+use serde_json::Value;
+
+const MODEL: &str = "pos-a";
+const COMPONENT: &str = "pos-app";
+
+/// A bundle of `COMPONENT` at `version`: one payload file and a health command.
+fn bundle(version: &str, payload: &[u8], health: &[&str]) -> Vec<u8> {
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "name": COMPONENT, "kind": "firmware", "version": version,
+        "hardware": [MODEL],
+        "payload": [{"path": "app.bin", "size": payload.len(),
+                     "sha256": otter_keys::hash::sha256_hex(payload)}],
+        "health": health,
+    }))
+    .unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in [("manifest.json", &manifest[..]), ("app.bin", payload)] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    zstd::encode_all(&b.into_inner().unwrap()[..], 1).unwrap()
+}
+
+/// Incompressible-ish payload bytes, so the bundle is large enough to be cut in two.
+fn payload(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+struct Env {
+    tmp: tempfile::TempDir,
+    server: ServerGuard,
+    data: PathBuf,
+    token_file: PathBuf,
+    state: PathBuf,
+    root: PathBuf,
+    config: PathBuf,
+}
+
+impl Env {
+    fn agent(&self, args: &[&str]) -> Output {
+        command("otter-agent")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    fn publish(&self, version: &str, bytes: &[u8]) -> Value {
+        let file = self
+            .tmp
+            .path()
+            .join(format!("{COMPONENT}-{version}.bundle"));
+        std::fs::write(&file, bytes).unwrap();
+        let out = command("otter-server")
+            .args(["publish", "--server", &self.server.url, "--token-file"])
+            .arg(&self.token_file)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn status(&self) -> Value {
+        let out = self.agent(&["status", "--json"]);
+        assert!(out.status.success(), "{}", show(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn device(&self) -> Value {
+        let out = command("otter-server")
+            .args(["devices", "list", "--json", "--data-dir"])
+            .arg(&self.data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+        list[0].clone()
+    }
+
+    fn active(&self) -> String {
+        let link = self.root.join("components").join(COMPONENT).join("current");
+        std::fs::read_link(&link)
+            .unwrap_or_else(|e| panic!("{}: {e}", link.display()))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn setup() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server-data");
+    let server = ServerGuard::start(&data, &[], &tmp.path().join("server.log"));
+    let e = |args: &[&str]| {
+        let out = command("otter-server")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let publisher = e(&["token", "create", "--role", "publisher"]);
+    let token_file = tmp.path().join("publisher.token");
+    std::fs::write(&token_file, format!("{publisher}\n")).unwrap();
+    let enroll_token = e(&["enroll-token", "create", "--expires-in", "1h"]);
+
+    let root_file = tmp.path().join("image-root.json");
+    std::fs::copy(data.join("store/repo/metadata/1.root.json"), &root_file).unwrap();
+    let state = tmp.path().join("terminal/state");
+    let out = command("otter-agent")
+        .args(["enroll", "--server", &server.url, "--model", MODEL])
+        .env("OTTER_ENROLL_TOKEN", &enroll_token)
+        .arg("--trusted-root")
+        .arg(&root_file)
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+
+    let root = tmp.path().join("terminal/opt-otter");
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\ninstall_root = {:?}\n[update]\njitter_secs = 0\ndownload_attempts = 2\n[apply]\nhealth_timeout_secs = 20\n",
+            state.to_str().unwrap(),
+            root.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    Env {
+        tmp,
+        server,
+        data,
+        token_file,
+        state,
+        root,
+        config,
+    }
+}
+
+#[test]
+fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled_back() {
+    let env = setup();
+
+    // Release 1.0.0, healthy.
+    let p1 = payload(1, 600_000);
+    let b1 = bundle("1.0.0", &p1, &["/bin/sh", "-c", "test -f app.bin"]);
+    let published = env.publish("1.0.0", &b1);
+    let target = published["release"]["target"].as_str().unwrap().to_owned();
+    assert_eq!(target, format!("{COMPONENT}-1.0.0.tar.zst"));
+
+    // An earlier run was cut after the first 200000 bytes: the part is on disk.
+    let downloads = env.state.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let name = format!("{}.{target}", otter_keys::hash::sha256_hex(&b1));
+    std::fs::write(downloads.join(format!("{name}.part")), &b1[..200_000]).unwrap();
+
+    let out = env.agent(&["update"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("resumed at byte 200000"),
+        "the part was resumed with a Range request: {}",
+        show(&out)
+    );
+    assert!(stdout.contains("installed 1.0.0"), "{}", show(&out));
+    assert_eq!(env.active(), "1.0.0");
+    let installed = env
+        .root
+        .join("components")
+        .join(COMPONENT)
+        .join("current/app.bin");
+    assert_eq!(std::fs::read(&installed).unwrap(), p1);
+    // The bundle's bytes are gone once applied; no part is left.
+    assert_eq!(std::fs::read_dir(&downloads).unwrap().count(), 0);
+
+    let st = env.status();
+    assert_eq!(st["installed"][COMPONENT], "1.0.0", "{st}");
+    assert_eq!(st["last_poll"]["ok"], true, "{st}");
+    assert_eq!(st["results"][0]["result"], "success", "{st}");
+    assert_eq!(st["results"][0]["target"], target.as_str(), "{st}");
+    assert!(
+        st["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["to"] == "1.0.0"),
+        "{st}"
+    );
+    let d = env.device();
+    assert_eq!(d["last_report"]["installed"][COMPONENT], "1.0.0", "{d}");
+    assert_eq!(d["last_report"]["last_update"]["result"], "success", "{d}");
+    assert_eq!(
+        d["last_report"]["last_update"]["target"],
+        target.as_str(),
+        "{d}"
+    );
+
+    // Nothing new: a second pass changes nothing.
+    let out = env.agent(&["update"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("up to date"),
+        "{}",
+        show(&out)
+    );
+
+    // Release 1.1.0 fails its health check: switched, rolled back, reported.
+    let b2 = bundle("1.1.0", &payload(2, 1000), &["/bin/sh", "-c", "exit 3"]);
+    let target2 = env.publish("1.1.0", &b2)["release"]["target"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = env.agent(&["update"]);
+    assert!(
+        !out.status.success(),
+        "a rolled-back update fails the command: {}",
+        show(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rolled back"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(env.active(), "1.0.0");
+    assert_eq!(std::fs::read(&installed).unwrap(), p1);
+    let st = env.status();
+    assert_eq!(st["installed"][COMPONENT], "1.0.0", "{st}");
+    assert_eq!(st["results"][0]["result"], "rolled_back", "{st}");
+    assert_eq!(st["results"][0]["version"], "1.1.0", "{st}");
+    assert!(st["blocked"][&target2].is_string(), "{st}");
+    let d = env.device();
+    assert_eq!(
+        d["last_report"]["last_update"]["result"], "rolled_back",
+        "{d}"
+    );
+    assert_eq!(
+        d["last_report"]["last_update"]["target"],
+        target2.as_str(),
+        "{d}"
+    );
+    assert_eq!(d["last_report"]["health"], "degraded", "{d}");
+    assert_eq!(d["last_report"]["installed"][COMPONENT], "1.0.0", "{d}");
+
+    // The daemon's iteration does not try the rolled-back release again.
+    let out = env.agent(&["run", "--once"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let st = env.status();
+    assert_eq!(st["last_poll"]["ok"], true, "{st}");
+    assert_eq!(st["last_poll"]["message"], "up to date", "{st}");
+    assert_eq!(
+        st["results"][0]["result"], "rolled_back",
+        "no new attempt: {st}"
+    );
+    assert_eq!(env.active(), "1.0.0");
+
+    // Release 1.2.0 outside the maintenance window: downloaded, verified, waiting.
+    let p3 = payload(3, 5000);
+    let b3 = bundle("1.2.0", &p3, &["/bin/sh", "-c", "test -f app.bin"]);
+    env.publish("1.2.0", &b3);
+    let hour = (otter_keys::time::UtcTime::now().unix() / 3600) % 24;
+    let window = format!("{:02}:00-{:02}:00", (hour + 2) % 24, (hour + 3) % 24);
+    let out = env.agent(&[
+        "update",
+        "--window-time",
+        "utc",
+        "--maintenance-window",
+        &window,
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("outside the maintenance windows"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(env.active(), "1.0.0");
+    let st = env.status();
+    assert_eq!(st["waiting"][0]["version"], "1.2.0", "{st}");
+    let waiting_file = downloads.join(format!(
+        "{}.{COMPONENT}-1.2.0.tar.zst",
+        otter_keys::hash::sha256_hex(&b3)
+    ));
+    assert_eq!(
+        std::fs::read(&waiting_file).unwrap(),
+        b3,
+        "verified and kept"
+    );
+
+    // The operator applies it now.
+    let out = env.agent(&[
+        "update",
+        "--now",
+        "--window-time",
+        "utc",
+        "--maintenance-window",
+        &window,
+    ]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(env.active(), "1.2.0");
+    assert_eq!(std::fs::read(&installed).unwrap(), p3);
+    let st = env.status();
+    assert_eq!(st["installed"][COMPONENT], "1.2.0", "{st}");
+    assert!(st["waiting"].as_array().unwrap().is_empty(), "{st}");
+    assert_eq!(env.device()["last_report"]["installed"][COMPONENT], "1.2.0");
+}
+
+#[test]
+fn update_refuses_an_unenrolled_state_dir_and_a_bad_config_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = command("otter-agent")
+        .args(["update", "--state-dir"])
+        .arg(tmp.path().join("nothing"))
+        .arg("--install-root")
+        .arg(tmp.path().join("root"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("run otter-agent enroll first"),
+        "{}",
+        show(&out)
+    );
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[update]\nmaintenance_windows = [\"02:00-26:00\"]\n").unwrap();
+    let out = command("otter-agent")
+        .args(["run", "--once", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("26:00"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !Path::new(&tmp.path().join("root")).exists(),
+        "nothing was created"
+    );
+}
+
+/// Copies the files of `from` into `to` (one level).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn refused_metadata_from_a_hostile_mirror_is_reported_as_a_security_event() {
+    let env = setup();
+    // The terminal is pointed at a mirror (a copy of the repository) whose timestamp was
+    // altered after signing.
+    let mirror = env.tmp.path().join("mirror/metadata");
+    copy_dir(&env.data.join("store/repo/metadata"), &mirror);
+    let ts_path = mirror.join("timestamp.json");
+    let mut ts: Value = serde_json::from_slice(&std::fs::read(&ts_path).unwrap()).unwrap();
+    let v = ts["signed"]["version"].as_u64().unwrap();
+    ts["signed"]["version"] = Value::from(v + 1);
+    std::fs::write(&ts_path, serde_json::to_vec(&ts).unwrap()).unwrap();
+    let agent_json = env.state.join("agent.json");
+    let mut a: Value = serde_json::from_slice(&std::fs::read(&agent_json).unwrap()).unwrap();
+    a["metadata_url"] = Value::from(format!("file://{}/", mirror.display()));
+    std::fs::write(&agent_json, serde_json::to_vec(&a).unwrap()).unwrap();
+
+    let out = env.agent(&["update"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refreshing the trusted metadata"), "{err}");
+    assert!(err.contains("timestamp"), "{err}");
+
+    // The report reached the server with the event; the agent no longer holds it.
+    let d = env.device();
+    let events = d["last_report"]["security_events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{d}");
+    assert_eq!(events[0]["kind"], "metadata_refused", "{d}");
+    assert!(
+        events[0]["detail"].as_str().unwrap().contains("timestamp"),
+        "{d}"
+    );
+    let st = env.status();
+    assert!(
+        st["unreported_events"].as_array().unwrap().is_empty(),
+        "{st}"
+    );
+    assert_eq!(st["last_poll"]["ok"], false, "{st}");
+    assert!(
+        !env.root.join("components").exists(),
+        "nothing was installed"
+    );
+}
