@@ -11,8 +11,9 @@
 #     `otter-server init`: its flags exist, the passphrase credential and
 #     deploy/server.example.toml work together.
 #   - A config with a misspelt key is refused (the check above is not vacuous).
-#   - deploy/agent*.toml and the ```toml blocks of docs/agent.md pass `otter-agent config
-#     check` (the agent's own parser); an agent config with a misspelt key is refused.
+#   - deploy/agent*.toml and the ```toml blocks of docs/agent.md and docs/apply.md pass
+#     `otter-agent config check` (the agent's own parser); an agent config with a misspelt
+#     key is refused.
 #   - deploy/server.example.toml lists every key the default config lists, and
 #     docs/configuration.md names every one of them.
 # Builds the workspace first (cargo build --workspace --locked). Prints "test-configs: ok"
@@ -73,13 +74,15 @@ check_and_stop() {
 }
 
 # The example files, and the ```toml blocks of the docs.
-# (The agent's config files, deploy/agent*.toml and docs/agent.md, are checked further down.)
+# (The agent's config files, deploy/agent*.toml, docs/agent.md and docs/apply.md, are
+# checked further down with the agent.)
+agent_docs=(docs/agent.md docs/apply.md)
 configs=(server/otter-server.example.toml)
 for f in deploy/*.toml; do [[ $f == deploy/agent*.toml ]] || configs+=("$f"); done
 mkdir -p "$work/docs"
 for md in docs/*.md; do
   [[ -e $md ]] || continue
-  [[ $md == docs/agent.md ]] && continue
+  [[ " ${agent_docs[*]} " == *" $md "* ]] && continue
   awk -v out="$work/docs/$(basename "$md" .md)" '
     /^```toml[[:space:]]*$/ { n++; f = out "-" n ".toml"; inside = 1; next }
     /^```/ && inside { inside = 0; close(f); next }
@@ -148,20 +151,21 @@ if [[ -e docs/configuration.md ]]; then
   done
   echo "test-configs: deploy/server.example.toml and docs/configuration.md name every config key"
 fi
-# The agent's example config and the ```toml blocks of docs/agent.md parse and validate with
+# The agent's example config and the ```toml blocks of the agent's docs parse and validate with
 # the agent's own parser (`otter-agent config check`); a misspelt agent key is refused.
 agent="$bin/otter-agent"
 [[ -x $agent ]] || fail "no $agent after cargo build"
 agent_configs=(deploy/agent*.toml)
-if [[ -e docs/agent.md ]]; then
-  mkdir -p "$work/agent-docs"
-  awk -v out="$work/agent-docs/agent" '
+mkdir -p "$work/agent-docs"
+for md in "${agent_docs[@]}"; do
+  [[ -e $md ]] || continue
+  awk -v out="$work/agent-docs/$(basename "$md" .md)" '
     /^```toml[[:space:]]*$/ { n++; f = out "-" n ".toml"; inside = 1; next }
     /^```/ && inside { inside = 0; close(f); next }
     inside { print > f }
-  ' docs/agent.md
-  for f in "$work"/agent-docs/*.toml; do [[ -e $f ]] && agent_configs+=("$f"); done
-fi
+  ' "$md"
+done
+for f in "$work"/agent-docs/*.toml; do [[ -e $f ]] && agent_configs+=("$f"); done
 for config in "${agent_configs[@]}"; do
   [[ -e $config ]] || continue
   "$agent" config check "$config" >/dev/null 2>"$work/agent-check.err" ||

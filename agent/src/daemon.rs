@@ -213,7 +213,11 @@ fn log(line: &str) {
 /// Runs the loop until `stop` is set. Fails only when it cannot start (bad configuration,
 /// not enrolled); failed passes are logged, recorded and retried. With `once`, runs one
 /// iteration and returns the pass's error, if any.
-pub fn run(cfg: &AgentConfig, opts: &DaemonOptions, stop: &AtomicBool) -> Result<(), DaemonError> {
+pub fn run(
+    cfg: &AgentConfig,
+    opts: &DaemonOptions,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), DaemonError> {
     let state = crate::update::check_enrolled(cfg)?;
     cfg.install_root().map_err(PassError::from)?;
     let state_dir = cfg.state_dir().map_err(PassError::from)?.to_path_buf();
@@ -279,6 +283,7 @@ pub fn run(cfg: &AgentConfig, opts: &DaemonOptions, stop: &AtomicBool) -> Result
             cfg,
             &PassOptions {
                 progress: opts.progress,
+                cancel: Some(stop.clone()),
                 ..PassOptions::default()
             },
         );

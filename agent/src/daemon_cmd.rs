@@ -96,6 +96,7 @@ pub fn update(a: UpdateArgs) -> Result<()> {
             retry_failed: a.retry_failed,
             progress: true,
             no_report: false,
+            cancel: None,
         },
     )?;
     for l in &report.lines {

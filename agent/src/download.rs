@@ -20,6 +20,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use otter_keys::hash::{HashError, MultiHasher};
@@ -50,6 +52,14 @@ pub enum DownloadError {
         /// The mismatch.
         #[source]
         source: HashError,
+    },
+    /// The download was asked to stop (the part is kept and resumed next time).
+    #[error("downloading {target}: stopped on request after {kept} bytes; the part is kept and resumed next time")]
+    Cancelled {
+        /// The target name.
+        target: String,
+        /// Bytes in the part.
+        kept: u64,
     },
     /// The signed entry has no sha256 hash (the download's file name needs it).
     #[error("target {0}: its signed entry has no sha256 hash")]
@@ -108,6 +118,8 @@ pub struct DownloadOptions {
     pub retry_delay: Duration,
     /// Draw a progress bar (only ever when standard error is a terminal).
     pub progress: bool,
+    /// When set (e.g. by SIGTERM), the download stops at the next chunk, keeping its part.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for DownloadOptions {
@@ -116,6 +128,7 @@ impl Default for DownloadOptions {
             attempts: 3,
             retry_delay: Duration::from_secs(2),
             progress: true,
+            cancel: None,
         }
     }
 }
@@ -199,8 +212,20 @@ pub fn download_to<F: Fetcher + ?Sized>(
     let mut restarted = false;
     let mut fetched = 0;
     let mut attempt = 0;
+    let mut fresh_retry = false;
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    };
     loop {
         attempt += 1;
+        if cancelled() {
+            return Err(DownloadError::Cancelled {
+                target: target.into(),
+                kept: std::fs::metadata(part_path).map(|m| m.len()).unwrap_or(0),
+            });
+        }
         let mut once = Once {
             fetcher,
             url,
@@ -208,11 +233,14 @@ pub fn download_to<F: Fetcher + ?Sized>(
             info,
             part_path,
             progress: opts.progress,
+            cancel: opts.cancel.as_deref(),
             restarted: false,
             fetched: 0,
+            resumed: false,
         };
         let result = once.run();
         restarted |= once.restarted;
+        let resumed = once.resumed;
         fetched += once.fetched;
         match result {
             Ok(resumed_from) => {
@@ -226,6 +254,12 @@ pub fn download_to<F: Fetcher + ?Sized>(
                     restarted,
                     cached: false,
                 });
+            }
+            // Bytes kept from an earlier attempt did not verify (the mirror's file changed,
+            // or the part was damaged): they are discarded; start once more from byte 0.
+            Err(DownloadError::Verify { .. }) if resumed && !fresh_retry => {
+                fresh_retry = true;
+                restarted = true;
             }
             Err(e) if e.is_transient() && attempt < attempts => {
                 std::thread::sleep(opts.retry_delay);
@@ -270,8 +304,11 @@ struct Once<'a, F: Fetcher + ?Sized> {
     info: &'a TargetFile,
     part_path: &'a Path,
     progress: bool,
+    cancel: Option<&'a AtomicBool>,
     restarted: bool,
     fetched: u64,
+    /// Whether bytes of an earlier attempt were used.
+    resumed: bool,
 }
 
 impl<F: Fetcher + ?Sized> Once<'_, F> {
@@ -320,6 +357,7 @@ impl<F: Fetcher + ?Sized> Once<'_, F> {
     /// Runs one request; `Ok(offset)` once the part holds exactly the signed bytes.
     fn run(&mut self) -> Result<u64, DownloadError> {
         let (mut offset, mut hasher) = self.existing_part()?;
+        self.resumed = offset > 0;
         if offset == self.info.length {
             // A complete part from an earlier run (e.g. a crash before the rename).
             return match hasher.finish(Some(self.info.length), &self.info.hashes) {
@@ -429,6 +467,12 @@ impl<F: Fetcher + ?Sized> Once<'_, F> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut total = offset;
         let result = loop {
+            if self.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                break Err(DownloadError::Cancelled {
+                    target: self.target.into(),
+                    kept: total,
+                });
+            }
             let n = match reader.read(&mut buf) {
                 Ok(0) => break Ok(total),
                 Ok(n) => n,
@@ -580,12 +624,27 @@ mod tests {
         assert!(pending(&dir).unwrap().is_empty());
         let again = download_target(&fetcher, &url, "t.tar.zst", &i, &dir, &opts).unwrap();
         assert!(again.cached);
-        // A part that is not a prefix of the file fails verification and is discarded.
+        // A part that is not a prefix of the file fails verification, is discarded, and the
+        // file is fetched once more from byte 0.
         std::fs::remove_file(&d.path).unwrap();
         let mut wrong = data[..50_000].to_vec();
         wrong[10] ^= 1;
         std::fs::write(dir.join(format!("{name}.part")), &wrong).unwrap();
-        let err = download_target(&fetcher, &url, "t.tar.zst", &i, &dir, &opts).unwrap_err();
+        let d = download_target(&fetcher, &url, "t.tar.zst", &i, &dir, &opts).unwrap();
+        assert!(
+            d.restarted,
+            "the bad part was discarded and the file fetched anew"
+        );
+        assert_eq!(d.resumed_from, 0);
+        assert_eq!(std::fs::read(&d.path).unwrap(), data);
+        assert!(pending(&dir).unwrap().is_empty());
+        // A file that is wrong from byte 0 on fails, and leaves nothing.
+        std::fs::remove_file(&d.path).unwrap();
+        let other = i.clone();
+        let mut wrong_all = data.clone();
+        wrong_all[0] ^= 1;
+        std::fs::write(&src, &wrong_all).unwrap();
+        let err = download_target(&fetcher, &url, "t.tar.zst", &other, &dir, &opts).unwrap_err();
         assert!(matches!(err, DownloadError::Verify { .. }), "{err}");
         assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
     }

@@ -10,9 +10,13 @@
 //!   signed requests to the server's device API.
 //! - [`select`]: choosing an update from signed target metadata only (kind, hardware,
 //!   channel, rollout bucket and groups, minimum installed version, no unsigned downgrade).
+//! - [`download`]: resumable (HTTP `Range`), length-capped, verified target downloads.
+//! - [`update`]: one update pass (refresh, choose, download, apply in the maintenance
+//!   window, signed report); [`daemon`]: the `run` loop (jitter, backoff, signals,
+//!   scheduled backups); [`status`]: the agent's status file; [`config`]: the agent's TOML
+//!   configuration and maintenance windows.
 //!
-//! Still to come (see the agent and backup issues): resumable downloads and deltas, atomic
-//! apply with health check and rollback, the daemon, and the backup/restore commands.
+//! Still to come (see the agent issue): deltas.
 
 pub mod apply;
 pub mod backup;

@@ -1,7 +1,9 @@
 //! `otter-agent`: the terminal agent. `enroll` registers the terminal with a server,
 //! `report` sends it a signed report, `backup` backs the terminal's SQLite database up to
 //! it (encrypted to the fleet's recovery key and the terminal's own backup key), and `tuf` is a standalone TUF client that checks any
-//! TUF repository or mirror with the agent's own client code.
+//! TUF repository or mirror with the agent's own client code. `update` makes one update
+//! pass, `run` is the daemon loop, `status` shows what is installed and pending, and
+//! `config` checks the agent's configuration (see docs/agent.md).
 
 mod daemon_cmd;
 mod restore_cmd;
@@ -154,7 +156,8 @@ fn backup(a: BackupArgs) -> Result<()> {
     };
     let mut config = BackupConfig::new(&a.database, &a.state_dir, &state.device_id);
     config.pack_target_size = a.pack_size;
-    let store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)?;
+    let store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)?
+        .with_receipt_pin(otter_agent::backup::http::receipt_pin_path(&a.state_dir));
     let report = run_backup(&config, &keys, &store)?;
     println!(
         "backup #{} of device {}: {} pages, {} new chunks, {} bytes shipped ({} in {} new packs, {} of manifest)",

@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use otter_agent::backup::http::parse_receipt_key;
+use otter_agent::backup::http::{check_pinned_receipt_key, parse_receipt_key, receipt_pin_path};
 use otter_agent::backup::index::BackupState;
 use otter_agent::backup::restore::{live_row_counts, processes_using, rows_lost, ProgressFn};
-use otter_agent::backup::{prepare, HttpBackupStore, ReceiptCheck, RestoreOptions, Selector};
+use otter_agent::backup::{
+    prepare, BackupStore, HttpBackupStore, LocalDirStore, ReceiptCheck, Reencrypted,
+    RestoreOptions, Selector,
+};
 use otter_agent::device::{AgentState, DeviceError, Identity};
 use otter_keys::time::UtcTime;
-
-/// Name, in the backup state dir, of the pinned server receipt public key (hex).
-const RECEIPT_KEY_FILE: &str = "receipt-key";
 
 /// Options of `otter-agent restore`.
 #[derive(clap::Args)]
@@ -74,6 +74,11 @@ pub struct RestoreArgs {
     /// The server's backup receipt public key (64 hex digits), instead of the pinned one.
     #[arg(long, env = "OTTER_RECEIPT_KEY", value_name = "HEX")]
     receipt_key: Option<String>,
+    /// Restore from a directory written by `otter-keys backup reencrypt` (another
+    /// terminal's backup, re-encrypted for this one with the fleet recovery key) instead
+    /// of from the server.
+    #[arg(long, value_name = "DIR")]
+    from_transfer: Option<PathBuf>,
     /// How long an online restore waits for the application's locks.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     busy_timeout: u64,
@@ -153,41 +158,6 @@ fn parse_time(text: &str) -> Result<UtcTime> {
     Ok(local.plus_secs(-offset_secs))
 }
 
-/// Checks the server's receipt key against `--receipt-key` or the pinned one; pins it on
-/// first use.
-fn pinned_receipt_key(state: &BackupState, from_server: &str, given: Option<&str>) -> Result<()> {
-    let path = state.dir().join(RECEIPT_KEY_FILE);
-    let expected = match given {
-        Some(g) => Some(g.trim().to_ascii_lowercase()),
-        None => match std::fs::read_to_string(&path) {
-            Ok(text) => Some(text.trim().to_ascii_lowercase()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        },
-    };
-    match expected {
-        Some(e) if e == from_server => Ok(()),
-        Some(e) => bail!(
-            "the server's backup receipt key {from_server} is not the expected {e} \
-             ({}): the server was replaced or its key rotated; check with the server's \
-             admin, then pass --receipt-key or remove the pinned file; the live database \
-             was not touched",
-            given.map_or_else(|| path.display().to_string(), |_| "--receipt-key".into())
-        ),
-        None => {
-            std::fs::create_dir_all(state.dir())
-                .with_context(|| format!("creating {}", state.dir().display()))?;
-            otter_keys::atomic::write_atomic(&path, format!("{from_server}\n").as_bytes(), 0o644)
-                .with_context(|| format!("pinning the receipt key in {}", path.display()))?;
-            eprintln!(
-                "pinned the server's backup receipt key {from_server} in {}",
-                path.display()
-            );
-            Ok(())
-        }
-    }
-}
-
 fn progress_bar() -> Option<(indicatif::ProgressBar, ProgressFn)> {
     if !std::io::stderr().is_terminal() {
         return None;
@@ -239,6 +209,91 @@ fn describe_loss(
     }
 }
 
+/// The chain checks for a restore from the server: the server's countersignatures under
+/// the pinned receipt key, and the chain head this terminal recorded.
+fn server_options(
+    a: &RestoreArgs,
+    store: &HttpBackupStore<'_>,
+    device_id: &str,
+    progress: Option<ProgressFn>,
+) -> Result<RestoreOptions> {
+    let backup_state = BackupState::new(&a.state_dir, device_id);
+    let receipts = store.receipts()?;
+    if let Some(k) = &a.receipt_key {
+        parse_receipt_key(k).context("--receipt-key")?;
+    }
+    let pin = receipt_pin_path(&a.state_dir);
+    let pinned =
+        check_pinned_receipt_key(&pin, &receipts.receipt_public_hex, a.receipt_key.as_deref())
+            .map_err(|e| anyhow::anyhow!("{e}; the live database was not touched"))?;
+    if pinned {
+        eprintln!(
+            "pinned the server's backup receipt key {} in {}",
+            receipts.receipt_public_hex,
+            pin.display()
+        );
+    }
+    let known_head = match backup_state.load() {
+        Ok(index) => match index.head {
+            Some(h) => Some((h.sequence, h.hash()?)),
+            None => None,
+        },
+        Err(e) => {
+            eprintln!(
+                "warning: the local backup index is unreadable ({e}); the chain is checked \
+                 without the head this terminal recorded"
+            );
+            None
+        }
+    };
+    Ok(RestoreOptions {
+        known_head,
+        receipts: Some(ReceiptCheck {
+            server_key: receipts.receipt_public_key,
+            by_sequence: receipts.by_sequence,
+        }),
+        progress,
+        ..RestoreOptions::default()
+    })
+}
+
+/// Subdirectory of a transfer directory holding the re-encrypted manifest bodies.
+const TRANSFER_BODIES: &str = "reencrypted";
+
+/// `transfer.json` of a directory written by `otter-keys backup reencrypt`.
+#[derive(serde::Deserialize)]
+struct Transfer {
+    format: u32,
+    device_id: String,
+    device_public_key: String,
+}
+
+impl Transfer {
+    fn load(dir: &std::path::Path) -> Result<Transfer> {
+        let path = dir.join("transfer.json");
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "reading {} (a directory written by `otter-keys backup reencrypt`)",
+                path.display()
+            )
+        })?;
+        let t: Transfer = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a transfer description", path.display()))?;
+        if t.format != 1 {
+            bail!("{}: unknown format {}", path.display(), t.format);
+        }
+        Ok(t)
+    }
+
+    fn public_key(&self) -> Result<otter_keys::crypto::PublicKey> {
+        parse_receipt_key(&self.device_public_key).map_err(|_| {
+            anyhow::anyhow!(
+                "transfer.json: device_public_key is not 64 hex digits (an ed25519 key)"
+            )
+        })
+    }
+}
+
 /// `otter-agent restore`.
 pub fn restore(a: RestoreArgs) -> Result<()> {
     let selector = match (a.latest, a.id, &a.before) {
@@ -264,50 +319,65 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
         dir: a.state_dir.clone(),
     })?;
     let identity = Identity::load(&a.state_dir)?;
-    let store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)?;
-    let backup_state = BackupState::new(&a.state_dir, &state.device_id);
-
-    let receipts = store.receipts()?;
-    if let Some(k) = &a.receipt_key {
-        parse_receipt_key(k).context("--receipt-key")?;
-    }
-    pinned_receipt_key(
-        &backup_state,
-        &receipts.receipt_public_hex,
-        a.receipt_key.as_deref(),
-    )?;
-    let known_head = match backup_state.load() {
-        Ok(index) => match index.head {
-            Some(h) => Some((h.sequence, h.hash()?)),
-            None => None,
-        },
-        Err(e) => {
-            eprintln!(
-                "warning: the local backup index is unreadable ({e}); the chain is checked \
-                 without the head this terminal recorded"
+    let bar = progress_bar();
+    let progress = bar.as_ref().map(|(_, f)| Arc::clone(f));
+    let (source_device, prepared) = match &a.from_transfer {
+        None => {
+            let store =
+                HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)?;
+            let options = server_options(&a, &store, &state.device_id, progress)?;
+            let prepared = prepare(
+                &store,
+                &state.device_id,
+                &identity.signing.public_key(),
+                &identity.backup,
+                selector,
+                &a.database,
+                &options,
             );
-            None
+            (state.device_id.clone(), prepared)
+        }
+        Some(dir) => {
+            let t = Transfer::load(dir)?;
+            let store = LocalDirStore::new(dir);
+            let mut bodies = std::collections::BTreeMap::new();
+            for seq in store.list_manifests(&t.device_id)? {
+                let path = dir
+                    .join(TRANSFER_BODIES)
+                    .join(&t.device_id)
+                    .join(format!("{seq:020}.body"));
+                let body = std::fs::read(&path).with_context(|| {
+                    format!(
+                        "reading {}: the transfer directory is incomplete; the live database \
+                         was not touched",
+                        path.display()
+                    )
+                })?;
+                bodies.insert(seq, body);
+            }
+            eprintln!(
+                "restoring a backup of device {} re-encrypted for this terminal; its \
+                 manifests are checked with that device's key {}",
+                t.device_id, t.device_public_key
+            );
+            let options = RestoreOptions {
+                reencrypted: Some(Reencrypted { bodies }),
+                allow_pruned_prefix: true,
+                progress,
+                ..RestoreOptions::default()
+            };
+            let prepared = prepare(
+                &store,
+                &t.device_id,
+                &t.public_key()?,
+                &identity.backup,
+                selector,
+                &a.database,
+                &options,
+            );
+            (t.device_id, prepared)
         }
     };
-    let bar = progress_bar();
-    let options = RestoreOptions {
-        known_head,
-        receipts: Some(ReceiptCheck {
-            server_key: receipts.receipt_public_key.clone(),
-            by_sequence: receipts.by_sequence.clone(),
-        }),
-        progress: bar.as_ref().map(|(_, f)| Arc::clone(f)),
-        ..RestoreOptions::default()
-    };
-    let prepared = prepare(
-        &store,
-        &state.device_id,
-        &identity.signing.public_key(),
-        &identity.backup,
-        selector,
-        &a.database,
-        &options,
-    );
     if let Some((b, _)) = &bar {
         b.finish_and_clear();
     }
@@ -317,7 +387,7 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
         "verified backup #{} of device {} (taken {}, header {}): {} manifests, {} packs \
          ({} bytes), {} pages, {} bytes of database",
         r.sequence,
-        state.device_id,
+        source_device,
         r.created,
         r.header_hash,
         r.manifests_checked,
@@ -334,7 +404,8 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     }
 
     if let Some(argv) = &stop {
-        run_command(argv, "stop").context("the live database was not touched")?;
+        run_command(argv, "stop")
+            .map_err(|e| anyhow::anyhow!("{e:#}; the live database was not touched"))?;
     }
     let result = (|| -> Result<()> {
         let live = live_row_counts(&a.database).map_err(anyhow::Error::from);

@@ -79,6 +79,9 @@ pub struct PassOptions {
     pub progress: bool,
     /// Do not send the report to the server.
     pub no_report: bool,
+    /// When set (SIGTERM), downloads stop at the next chunk (their parts kept) and no
+    /// further update is started; the pass ends normally.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What one pass did.
@@ -148,21 +151,6 @@ fn refresh_event(e: &UpdateError) -> Option<&'static str> {
         UpdateError::Fetch(FetchError::TooLarge { .. }) => Some("endless_data"),
         _ => None,
     }
-}
-
-/// The signed targets entries of the top-level targets role.
-fn target_entries<F: crate::tuf::Fetcher>(updater: &Updater<F>) -> Vec<(String, TargetFile)> {
-    updater
-        .trusted()
-        .targets("targets")
-        .map(|t| {
-            t.signed()
-                .targets
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn record_of(outcome: &Outcome, target: &str, at: i64) -> UpdateRecord {
@@ -288,7 +276,7 @@ fn pass(
         u.refresh()?;
         Ok(u)
     });
-    let updater = match refreshed {
+    let mut updater = match refreshed {
         Ok(u) => u,
         Err(e) => {
             if let Some(kind) = refresh_event(&e) {
@@ -297,7 +285,17 @@ fn pass(
             return Err(PassError::Refresh(e));
         }
     };
-    let targets: Vec<(String, TargetFile)> = target_entries(&updater)
+    // Top-level and delegated entries, each as the delegation search resolves it.
+    let listed = match updater.list_targets() {
+        Ok(l) => l,
+        Err(e) => {
+            if let Some(kind) = refresh_event(&e) {
+                status.push_event(kind, describe(&e), now.unix());
+            }
+            return Err(PassError::Refresh(e));
+        }
+    };
+    let targets: Vec<(String, TargetFile)> = listed
         .into_iter()
         .filter(|(name, _)| !status.blocked.contains_key(name))
         .collect();
@@ -344,11 +342,23 @@ fn pass(
         attempts: cfg.update.download_attempts,
         retry_delay: Duration::from_secs(2),
         progress: opts.progress,
+        cancel: opts.cancel.clone(),
+    };
+    let stopping = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
     };
     let windows = &cfg.update.maintenance_windows;
     let download_only = opts.download_only || cfg.update.download_only;
     status.waiting.clear();
     for u in &decision.updates {
+        if stopping() {
+            report
+                .lines
+                .push("stopping: no further update is started".into());
+            break;
+        }
         let version = u.version().to_string();
         let at = || UtcTime::now().unix();
         let fail = |status: &mut StatusFile, report: &mut PassReport, message: String| {
@@ -389,6 +399,10 @@ fn pass(
             &dl_opts,
         ) {
             Ok(d) => d,
+            Err(e @ download::DownloadError::Cancelled { .. }) => {
+                report.lines.push(describe(&e));
+                break;
+            }
             Err(e) => {
                 if e.is_security_event() {
                     status.push_event("target_refused", describe(&e), at());
@@ -436,6 +450,12 @@ fn pass(
             status.waiting.push(w.clone());
             report.waiting.push(w);
             continue;
+        }
+        if stopping() {
+            report
+                .lines
+                .push(format!("stopping: {} not applied", u.target));
+            break;
         }
         let expected = Expected {
             name: u.component.clone(),

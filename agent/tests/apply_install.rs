@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use apply_common::{current, link, quick_config, read_tree, Spec};
-use otter_agent::apply::{Applier, ApplyConfig, ApplyError, Hooks, Outcome};
+use otter_agent::apply::{Applier, ApplyConfig, ApplyError, Hooks, JournalView, Outcome};
 
 fn v(s: &str) -> semver::Version {
     semver::Version::parse(s).unwrap()
@@ -89,6 +89,16 @@ fn install_then_upgrade_switches_atomically_and_keeps_the_previous() {
     assert_eq!(h[0].target.as_deref(), Some("pos-app-1.2.0.tar.zst"));
     // Health ran once for 1.0.0 (the start counter was raised before it).
     assert_eq!(h[2].starts, 1);
+
+    // A read-only view works while the Applier holds the root (for `otter-agent status`).
+    let view = JournalView::open(&root).unwrap();
+    assert_eq!(view.installed().unwrap(), a.installed().unwrap());
+    assert_eq!(view.history(10).unwrap(), h);
+    assert!(JournalView::open(&work.path().join("never-used"))
+        .unwrap()
+        .installed()
+        .unwrap()
+        .is_empty());
 
     // Re-opening finds nothing to recover and the same state.
     drop(a);

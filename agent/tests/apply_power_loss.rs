@@ -151,6 +151,7 @@ fn spawn(role: &str, root: &Path, s: &Setup) -> std::process::Child {
 }
 
 /// How long one uncut operation takes (the slowest of 4: the machine may be busy).
+/// Two run at once, as in the trials.
 fn measure(role: &str, template: &Path, s: &Setup) -> Duration {
     let mut times = Vec::new();
     for i in 0..4 {
@@ -232,21 +233,27 @@ fn power_loss_trials() {
     println!(
         "apply power loss: {trials} trials, seed {seed}; one install takes {install_time:?}, one rollback {rollback_time:?}"
     );
+    // Kill delays are drawn over 1.2 times the measured span; the span adapts when ten
+    // trials in a row all end on one side (the machine's load changes as other builds run).
+    let spans = std::sync::Mutex::new([(install_time, 0usize, 0usize), (rollback_time, 0, 0)]);
     let started = Instant::now();
     let results: Vec<(bool, bool, Vec<String>)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..2)
             .map(|w| {
                 let s = &s;
+                let spans = &spans;
                 scope.spawn(move || {
                     let mut out = Vec::new();
                     for i in (w..trials).step_by(2) {
                         let mut rng = Rng(seed ^ (i as u64).wrapping_mul(0x1000_0001));
                         let is_install = i % 2 == 0;
-                        let (role, template, span) = if is_install {
-                            ("install", &s.before_install, install_time)
+                        let (role, template) = if is_install {
+                            ("install", &s.before_install)
                         } else {
-                            ("rollback", &s.before_rollback, rollback_time)
+                            ("rollback", &s.before_rollback)
                         };
+                        let k = usize::from(!is_install);
+                        let span = spans.lock().unwrap()[k].0;
                         let root = s.work.path().join(format!("trial-{i}"));
                         copy_tree(template, &root);
                         let delay = span.mul_f64(rng.unit() * 1.2);
@@ -254,7 +261,19 @@ fn power_loss_trials() {
                         std::thread::sleep(delay);
                         let _ = c.kill(); // SIGKILL
                         let status = c.wait().unwrap();
-                        let what = format!("trial {i} ({role}, killed after {delay:?}, {status})");
+                        let mut what =
+                            format!("trial {i} ({role}, killed after {delay:?}, {status})");
+                        // One trial in three also cuts the recovery that follows.
+                        if rng.unit() < 1.0 / 3.0 {
+                            let again = span.mul_f64(rng.unit());
+                            let mut c = spawn("open", &root, s);
+                            std::thread::sleep(again);
+                            let _ = c.kill();
+                            let status = c.wait().unwrap();
+                            what.push_str(&format!(
+                                ", then recovery killed after {again:?}, {status}"
+                            ));
+                        }
                         let (old, new) = if is_install {
                             (&s.old, &s.new)
                         } else {
@@ -262,6 +281,20 @@ fn power_loss_trials() {
                         };
                         let (on_new, states) = check(&root, s, old, new, &what);
                         let completed = if is_install { on_new } else { !on_new };
+                        {
+                            let mut sp = spans.lock().unwrap();
+                            let (span, n, done) = &mut sp[k];
+                            *n += 1;
+                            *done += usize::from(completed);
+                            if *n == 10 {
+                                if *done == 0 {
+                                    *span *= 2;
+                                } else if *done == 10 {
+                                    *span /= 2;
+                                }
+                                (*n, *done) = (0, 0);
+                            }
+                        }
                         out.push((is_install, completed, states));
                         std::fs::remove_dir_all(&root).unwrap();
                     }

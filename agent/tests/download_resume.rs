@@ -162,6 +162,7 @@ fn opts(attempts: u32) -> DownloadOptions {
         attempts,
         retry_delay: Duration::from_millis(50),
         progress: false,
+        cancel: None,
     }
 }
 
@@ -399,4 +400,58 @@ fn a_206_from_another_offset_is_refused() {
         &data[..10],
         "the part is untouched"
     );
+}
+
+#[test]
+fn a_cancelled_download_stops_promptly_and_keeps_its_part() {
+    let data = bundle_bytes();
+    let info = signed(&data);
+    // Drips the body slowly: 4 KiB every 20 ms.
+    let d2 = data.clone();
+    let server = FaultServer::start(Box::new(move |req, s| {
+        if req.range.is_some() {
+            return serve_ranges(&d2, req, s);
+        }
+        respond(s, "200 OK", &[format!("Content-Length: {}", d2.len())], b"");
+        for chunk in d2.chunks(4096) {
+            if s.write_all(chunk).and_then(|()| s.flush()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }));
+    let tmp = tempfile::tempdir().unwrap();
+    let cancel = std::sync::Arc::new(AtomicBool::new(false));
+    let c2 = cancel.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c2.store(true, Ordering::SeqCst);
+    });
+    let o = DownloadOptions {
+        cancel: Some(cancel.clone()),
+        ..opts(3)
+    };
+    let t = std::time::Instant::now();
+    let err = download_target(&fetcher(), &server.url, TARGET, &info, tmp.path(), &o).unwrap_err();
+    stopper.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let kept = match err {
+        DownloadError::Cancelled { kept, .. } => kept,
+        other => panic!("{other}"),
+    };
+    assert!(kept > 0 && kept < data.len() as u64, "{kept}");
+    assert!(!err_is_retried(&server));
+    let name = file_name(TARGET, &info).unwrap();
+    let part = tmp.path().join(format!("{name}{PART_SUFFIX}"));
+    assert_eq!(std::fs::read(&part).unwrap(), &data[..kept as usize]);
+
+    // The next run resumes from there.
+    let d = download_target(&fetcher(), &server.url, TARGET, &info, tmp.path(), &opts(1)).unwrap();
+    assert_eq!(d.resumed_from, kept);
+    assert_eq!(std::fs::read(&d.path).unwrap(), data);
+}
+
+/// Whether the server saw more than one request (a cancelled download is not retried).
+fn err_is_retried(server: &FaultServer) -> bool {
+    server.ranges().len() > 1
 }

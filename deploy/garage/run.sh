@@ -143,16 +143,15 @@ down() {
 }
 
 run_tests() {
-  local dir
-  dir=$(mktemp -d)
-  trap 'down "$dir"; rm -rf "$dir"' EXIT
-  up "$dir"
+  work=$(mktemp -d)
+  trap 'down "$work"; rm -rf "$work"' EXIT
+  up "$work"
   # shellcheck disable=SC1091
-  source "$dir/env"
+  source "$work/env"
   echo "== the S3 end-to-end tests against Garage"
   cargo build --workspace --locked --quiet
   cargo test --locked -p otter-tests --test s3_store --test s3_backup --test s3_mirror ||
-    fail "the S3 tests failed against Garage (its log: $dir/garage.log)"
+    fail "the S3 tests failed against Garage (its log: $work/garage.log)"
   echo "garage: ok"
 }
 

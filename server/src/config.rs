@@ -95,6 +95,8 @@ pub struct Config {
     pub publishing: PublishingConfig,
     /// When rollouts halt by themselves (`[rollouts]`).
     pub rollouts: crate::rollout::RolloutsConfig,
+    /// Which deltas publishing precomputes (`[deltas]`).
+    pub deltas: crate::repo::deltas::DeltasConfig,
     /// Receiving terminals' encrypted backups.
     pub backups: BackupsConfig,
     /// The object store for blobs, repository files and backups (`[store]`).
@@ -215,6 +217,7 @@ impl Default for Config {
             repository: RepositoryConfig::default(),
             publishing: PublishingConfig::default(),
             rollouts: crate::rollout::RolloutsConfig::default(),
+            deltas: crate::repo::deltas::DeltasConfig::default(),
             backups: BackupsConfig::default(),
             store: StoreConfig::default(),
             console: crate::console::ConsoleConfig::default(),
@@ -315,6 +318,7 @@ impl Config {
         }
         b.retention.validate().map_err(ConfigError::Invalid)?;
         self.rollouts.validate().map_err(ConfigError::Invalid)?;
+        self.deltas.validate().map_err(ConfigError::Invalid)?;
         self.console.validate().map_err(ConfigError::Invalid)?;
         if self.workers == Some(0) {
             return Err(ConfigError::Invalid("workers = 0: give at least 1".into()));

@@ -4,7 +4,7 @@
 //! It owns the HTTP API, the repository (signing targets, snapshot and timestamp with online
 //! keys), storage of files through `object_store` and of records in SQLite, API tokens with
 //! roles, publishing release bundles, and the fleet (enrollment, signed device requests,
-//! reports). Rollouts and audit follow (issue 3).
+//! reports), rollouts carried in signed targets, and a hash-chained audit log of every change.
 //!
 //! - [`config`]: defaults, TOML file, validation.
 //! - [`setup`]: `otter-server init`, a production repository from `otter-keys init` output.

@@ -1,6 +1,6 @@
 //! `otter-server`: serves an Otter TUF repository. `otter-server serve` with no options keeps
 //! its data in `./otter-data` and listens on `127.0.0.1:8080`. `init`, `token`, `publish`,
-//! `enroll-token`, `devices` and `backups` administer it (see [`cli`]).
+//! `enroll-token`, `devices`, `backups`, `rollout` and `audit` administer it (see [`cli`]).
 
 mod cli;
 
@@ -50,6 +50,9 @@ enum Command {
     /// Verify the hash-chained audit log (on the server host) or list it (through the API).
     #[command(subcommand)]
     Audit(cli::audit::AuditCommand),
+    /// Create binary deltas with the codec publishing uses (operators, benchmarks).
+    #[command(subcommand)]
+    Delta(cli::delta::DeltaCommand),
     /// Print an example configuration file holding every default.
     DefaultConfig,
     /// Print the API's OpenAPI 3.1 document (JSON), or with --markdown the reference
@@ -96,6 +99,7 @@ fn main() -> Result<()> {
         Command::Backups(cmd) => cli::backups::run(cmd),
         Command::Rollout(cmd) => cli::rollout::run(cmd),
         Command::Audit(cmd) => cli::audit::run(cmd),
+        Command::Delta(cmd) => cli::delta::run(cmd),
         Command::DefaultConfig => {
             print!("{}", otter_server::config::EXAMPLE_CONFIG);
             Ok(())

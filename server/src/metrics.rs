@@ -4,8 +4,9 @@
 //! What is counted: HTTP requests by method, route pattern and status, with a latency
 //! histogram; bytes of `/repo/` files served; publishes (releases, yanks, delegated role
 //! uploads, delegations declared); backup bytes received; rollout failures (other modules
-//! call [`record_rollout_failure`]). Devices by installed version are read from the database
-//! at scrape time. Labels only ever hold route patterns, methods, statuses and names the
+//! call [`record_rollout_failure`]). Devices by installed version, the last update outcome
+//! of each device for each release, and rollouts by status are read from the database at
+//! scrape time, so they survive restarts. Labels only ever hold route patterns, methods, statuses and names the
 //! server accepted, never a raw request path, so their number stays bounded.
 
 use std::collections::BTreeMap;
@@ -199,7 +200,7 @@ pub async fn track(
     res
 }
 
-/// Devices counted at scrape time.
+/// Devices and rollouts counted from the database at scrape time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceCounts {
     /// Enrolled, unrevoked devices.
@@ -208,11 +209,39 @@ pub struct DeviceCounts {
     pub revoked: u64,
     /// (component, version) -> active devices reporting it installed.
     pub installed: BTreeMap<(String, String), u64>,
+    /// (release as `NAME/VERSION`, result) -> devices whose last reported outcome it is.
+    pub outcomes: BTreeMap<(String, String), u64>,
+    /// Rollout status -> releases in it.
+    pub rollouts: BTreeMap<String, u64>,
 }
 
-/// Reads [`DeviceCounts`] from the devices table (their last reports).
+/// Reads [`DeviceCounts`] from the devices table (their last reports), the update outcomes
+/// and the rollouts.
 pub fn device_counts(conn: &rusqlite::Connection) -> Result<DeviceCounts, rusqlite::Error> {
     let mut out = DeviceCounts::default();
+    let mut stmt = conn.prepare(
+        "SELECT r.name || '/' || r.version, o.result, COUNT(*)
+         FROM update_outcomes o JOIN releases r ON r.id = o.release_id
+         GROUP BY 1, 2",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (release, result, n) = row?;
+        out.outcomes
+            .insert((release, result), u64::try_from(n).unwrap_or(0));
+    }
+    let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM rollouts GROUP BY status")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (status, n) = row?;
+        out.rollouts.insert(status, u64::try_from(n).unwrap_or(0));
+    }
     let (active, revoked): (i64, i64) = conn.query_row(
         "SELECT COALESCE(SUM(revoked_at IS NULL), 0), COALESCE(SUM(revoked_at IS NOT NULL), 0)
          FROM devices",
@@ -414,6 +443,31 @@ pub fn render(devices: Option<&DeviceCounts>) -> String {
                 escape_label(version)
             );
         }
+        let _ = writeln!(
+            o,
+            "# HELP otter_update_outcomes Devices whose last reported update of a release ended with a result.\n\
+             # TYPE otter_update_outcomes gauge"
+        );
+        for ((release, result), n) in &d.outcomes {
+            let _ = writeln!(
+                o,
+                "otter_update_outcomes{{release=\"{}\",result=\"{}\"}} {n}",
+                escape_label(release),
+                escape_label(result)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP otter_rollouts Releases by rollout status.\n\
+             # TYPE otter_rollouts gauge"
+        );
+        for (status, n) in &d.rollouts {
+            let _ = writeln!(
+                o,
+                "otter_rollouts{{status=\"{}\"}} {n}",
+                escape_label(status)
+            );
+        }
     }
     o
 }
@@ -454,6 +508,12 @@ mod tests {
         let c = rusqlite::Connection::open_in_memory().unwrap();
         c.execute_batch(
             "CREATE TABLE devices (device_id TEXT, revoked_at INTEGER, last_report TEXT);
+             CREATE TABLE releases (id INTEGER PRIMARY KEY, name TEXT, version TEXT);
+             CREATE TABLE update_outcomes (release_id INTEGER, device_id TEXT, result TEXT);
+             CREATE TABLE rollouts (release_id INTEGER, status TEXT);
+             INSERT INTO releases VALUES (1, 'pos', '1.2.0');
+             INSERT INTO update_outcomes VALUES (1, 'a', 'failed'), (1, 'b', 'failed'), (1, 'c', 'success');
+             INSERT INTO rollouts VALUES (1, 'halted');
              INSERT INTO devices VALUES ('a', NULL, '{\"installed\":{\"pos\":\"1.2.0\",\"drv\":\"3\"}}');
              INSERT INTO devices VALUES ('b', NULL, '{\"installed\":{\"pos\":\"1.2.0\"}}');
              INSERT INTO devices VALUES ('c', 5, '{\"installed\":{\"pos\":\"1.1.0\"}}');
@@ -467,5 +527,11 @@ mod tests {
         assert_eq!(d.installed[&("pos".into(), "1.2.0".into())], 2);
         assert_eq!(d.installed[&("drv".into(), "3".into())], 1);
         assert!(!d.installed.contains_key(&("pos".into(), "1.1.0".into())));
+        assert_eq!(d.outcomes[&("pos/1.2.0".into(), "failed".into())], 2);
+        assert_eq!(d.outcomes[&("pos/1.2.0".into(), "success".into())], 1);
+        assert_eq!(d.rollouts["halted"], 1);
+        let text = render(Some(&d));
+        assert!(text.contains("otter_update_outcomes{release=\"pos/1.2.0\",result=\"failed\"} 2\n"));
+        assert!(text.contains("otter_rollouts{status=\"halted\"} 1\n"));
     }
 }

@@ -18,6 +18,10 @@ use object_store::{
 
 use crate::config::StoreConfig;
 
+/// Size of the parts of a multipart upload ([`Store::put_file`]); smaller files go up in one
+/// put. S3 wants at least 5 MiB per part except the last.
+pub const PART_BYTES: usize = 8 * 1024 * 1024;
+
 /// Prefix of the repository's metadata files in the store.
 pub const METADATA_PREFIX: &str = "repo/metadata";
 /// Prefix of the repository's target files in the store.
@@ -332,7 +336,7 @@ impl Store {
     /// whole in memory; atomic like [`Store::put`]. File reads run off the executor.
     pub async fn put_file(&self, key: &str, file: &Path) -> Result<(), StoreError> {
         use std::io::Read;
-        const PART: usize = 8 * 1024 * 1024;
+        const PART: usize = PART_BYTES;
         let path = object_path(key)?;
         let op = |op: &'static str| {
             let key = key.to_owned();
@@ -637,6 +641,35 @@ mod tests {
         assert!(object_path("repo/metadata/1.root.json").is_ok());
         assert!(object_path("repo/../x").is_err());
         assert!(object_path("repo//x").is_err());
+    }
+
+    #[test]
+    fn put_file_stores_files_of_every_size_around_the_part_size() {
+        let d = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let s = Store::open(&StoreConfig::default(), &d.path().join("store")).unwrap();
+        for (i, len) in [
+            0,
+            1,
+            PART_BYTES - 1,
+            PART_BYTES,
+            PART_BYTES + 1,
+            2 * PART_BYTES,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let bytes: Vec<u8> = (0..len).map(|j| (j * 31 + i) as u8).collect();
+            let file = d.path().join(format!("upload-{i}"));
+            std::fs::write(&file, &bytes).unwrap();
+            let key = format!("repo/targets/f{i}");
+            rt.block_on(s.put_file(&key, &file)).unwrap();
+            let got = rt.block_on(s.get_bytes(&key)).unwrap().unwrap();
+            assert!(got == bytes, "length {len}");
+        }
     }
 
     #[test]

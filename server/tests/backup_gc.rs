@@ -54,7 +54,10 @@ fn a_backup_uploading_while_a_prune_runs_is_accepted_and_complete() {
         upload(&c, &srv, &dev, &p4).await;
         let report = json_out(&cli(&file, &["backups", "prune", "--json"]));
         assert_eq!(report["manifests_pruned"], 1, "{report}");
-        assert_eq!(report["packs_collected"], 0, "p1 is still needed by #2: {report}");
+        assert_eq!(
+            report["packs_collected"], 0,
+            "p1 is still needed by #2: {report}"
+        );
         assert_eq!(report["devices"][0]["packs_in_grace"], 2, "{report}");
         assert!(store.join(p3.id.to_string()).exists() && store.join(p4.id.to_string()).exists());
 
@@ -63,12 +66,13 @@ fn a_backup_uploading_while_a_prune_runs_is_accepted_and_complete() {
         let (s, v) = post(&c, &srv, &dev, &m3).await;
         assert_eq!(s, 201, "{v}");
         chain.sent.push(m3);
-        assert_eq!(listed(&c, &srv, &admin, &dev.id).await, vec![3]);
+        assert_eq!(listed(&c, &srv, &admin, &dev.id).await, vec![2, 3]);
         let v = json_out(&cli(&file, &["backups", "verify", "--json"]));
         assert_eq!(v["ok"], true, "{v}");
-        // The next prune collects p1 (needed by pruned #1 and #2 only) and nothing #3 needs.
+        // The next prune drops #2 and collects p1 (needed by #1 and #2 only), nothing #3
+        // needs.
         let report = json_out(&cli(&file, &["backups", "prune", "--json"]));
-        assert_eq!(report["manifests_pruned"], 0, "{report}");
+        assert_eq!(report["manifests_pruned"], 1, "{report}");
         assert_eq!(
             report["devices"][0]["collected_packs"],
             serde_json::json!([p1.id.to_string()])
@@ -115,6 +119,89 @@ fn a_backup_uploading_while_a_prune_runs_is_accepted_and_complete() {
 }
 
 #[test]
+fn backups_and_prunes_running_at_once_leave_every_listed_backup_complete() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, cfg) = config_file(dir.path(), "[backups.retention]\nkeep_last = 1\n");
+        let (srv, admin) = start(cfg.clone()).await;
+        let admin = admin.unwrap();
+        let c = client();
+        let dev = enrolled_device(&c, &srv, &admin, None).await;
+        let mut chain = Chain::new();
+        let base = chain.pack(200, 3);
+        let t = now() - 3600;
+
+        // `backups prune` in a loop, in other processes, while the device backs up.
+        let stop = Arc::new(AtomicBool::new(false));
+        let pruner = {
+            let (stop, file) = (Arc::clone(&stop), file.clone());
+            std::thread::spawn(move || {
+                let mut runs = 0u32;
+                while !stop.load(Ordering::SeqCst) || runs == 0 {
+                    let out = cli(&file, &["backups", "prune", "--json"]);
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    runs += 1;
+                }
+                runs
+            })
+        };
+        // Each backup needs the base pack, the previous backup's own pack and a new one.
+        let mut previous = chain.pack(100, 2);
+        for i in 1..=8u8 {
+            let own = chain.pack(i, 2);
+            backup(
+                &c,
+                &srv,
+                &dev,
+                &mut chain,
+                t + i64::from(i),
+                &[&base, &previous, &own],
+            )
+            .await;
+            previous = own;
+        }
+        stop.store(true, Ordering::SeqCst);
+        let runs = pruner.join().unwrap();
+        assert!(runs >= 1);
+        eprintln!("prune runs during the backups: {runs}");
+
+        // Whatever the interleaving: every listed backup verifies (all its packs stored).
+        let v = json_out(&cli(&file, &["backups", "verify", "--json"]));
+        assert_eq!(v["ok"], true, "{v}");
+        json_out(&cli(&file, &["backups", "prune", "--json"]));
+        assert_eq!(listed(&c, &srv, &admin, &dev.id).await, vec![8]);
+        let v = json_out(&cli(&file, &["backups", "verify", "--json"]));
+        assert_eq!(
+            (&v["ok"], &v["manifests"], &v["pruned_links"]),
+            (&Value::Bool(true), &Value::from(1), &Value::from(7)),
+            "{v}"
+        );
+        // Only the packs #8 needs are left.
+        let packs = device_store(&cfg, &dev.id).join("packs");
+        let mut left: Vec<String> = std::fs::read_dir(&packs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = chain.sent[7]
+            .header
+            .packs
+            .iter()
+            .map(|p| p.id.to_string())
+            .collect();
+        want.sort();
+        assert_eq!(left, want);
+        srv.stop().await;
+    });
+}
+
+#[test]
 fn verify_reports_a_deleted_or_damaged_pack_and_records_it() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
@@ -130,7 +217,11 @@ fn verify_reports_a_deleted_or_damaged_pack_and_records_it() {
         backup(&c, &srv, &dev, &mut chain, t + 60, &[&p1, &p3]).await;
 
         let out = cli(&file, &["backups", "verify"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("OK: every backup verifies"));
 
         // Someone deletes a pack file from the data dir's store, and damages another.
@@ -159,7 +250,10 @@ fn verify_reports_a_deleted_or_damaged_pack_and_records_it() {
                 .any(|l| l.contains("backup #2") && l.contains(short3) && l.contains("damaged")),
             "{text}"
         );
-        assert!(!text.contains(&p2.id.to_string()[..16]), "p2 is fine: {text}");
+        assert!(
+            !text.contains(&p2.id.to_string()[..16]),
+            "p2 is fine: {text}"
+        );
 
         // Through the API too (auditor), and the catalog records the result per backup.
         let (_, auditor) = make_token(&c, &srv, &admin, "auditor").await;
@@ -192,24 +286,27 @@ fn verify_reports_a_deleted_or_damaged_pack_and_records_it() {
 fn a_pack_over_the_device_quota_is_refused_and_nothing_is_stored() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let probe = Chain::new().pack(1, 4);
-        // Room for one pack of this size, not two.
-        let quota = probe.ciphertext.len() as u64 * 3 / 2;
-        let (_file, cfg) =
-            config_file(dir.path(), &format!("[backups]\nquota_bytes_per_device = {quota}\n"));
+        let chain = Chain::new();
+        let (p1, p2) = (chain.pack(1, 4), chain.pack(2, 4));
+        // Room for p1, not for p1 and p2.
+        let quota = (p1.ciphertext.len() + p2.ciphertext.len()) as u64 - 1;
+        let (_file, cfg) = config_file(
+            dir.path(),
+            &format!("[backups]\nquota_bytes_per_device = {quota}\n"),
+        );
         let (srv, admin) = start(cfg.clone()).await;
         let admin = admin.unwrap();
         let c = client();
         let dev = enrolled_device(&c, &srv, &admin, None).await;
         let other = enrolled_device(&c, &srv, &admin, None).await;
-        let chain = Chain::new();
-        let (p1, p2) = (chain.pack(1, 4), chain.pack(2, 4));
-        assert_eq!(p1.ciphertext.len(), probe.ciphertext.len());
         upload(&c, &srv, &dev, &p1).await;
         let (s, v) = signed(&c, &srv, &dev, "PUT", &pack_path(&p2), &p2.ciphertext).await;
         assert_eq!((s, code(&v)), (413, "backup_quota_exceeded"), "{v}");
         let msg = v["error"]["message"].as_str().unwrap();
-        assert!(msg.contains(&quota.to_string()) && msg.contains("prune"), "{msg}");
+        assert!(
+            msg.contains(&quota.to_string()) && msg.contains("prune"),
+            "{msg}"
+        );
         let (s, _) = signed(&c, &srv, &dev, "HEAD", &pack_path(&p2), b"").await;
         assert_eq!(s, 404);
         let packs = device_store(&cfg, &dev.id).join("packs");

@@ -2,7 +2,8 @@
 //! requests: a device gets its own backed-up packs (whole, or one byte range), never another
 //! device's and never a pack no manifest of its own references yet; the manifest list
 //! carries the server's countersignature of each manifest and the receipt public key, and
-//! they verify. Unsigned reads are refused.
+//! they verify; the receipt of a new manifest names that key too. Unsigned reads are
+//! refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -128,6 +129,9 @@ fn a_device_reads_back_only_its_own_backed_up_packs() {
         let bytes = m.to_bytes().unwrap();
         let (s, raw, _) = signed(&c, &srv, &a, "POST", MANIFESTS, &bytes, &[]).await;
         assert_eq!(s, 201, "{}", json(&raw));
+        let receipt_key = otter_server::backups::receipt::load_receipt_public_key(&cfg).unwrap();
+        // The receipt names the key that made it, for the agent to pin.
+        assert_eq!(json(&raw)["receipt_public_key"], receipt_key.keyval.public);
 
         // Its device reads it, whole and one range.
         let (s, raw, h) = signed(&c, &srv, &a, "GET", &pack_path(&pa.id), b"", &[]).await;
@@ -185,7 +189,6 @@ fn a_device_reads_back_only_its_own_backed_up_packs() {
         let (s, raw, _) = signed(&c, &srv, &a, "GET", MANIFESTS, b"", &[]).await;
         assert_eq!(s, 200);
         let v = json(&raw);
-        let receipt_key = otter_server::backups::receipt::load_receipt_public_key(&cfg).unwrap();
         let stated = v["receipt_public_key"].as_str().unwrap();
         assert_eq!(stated, receipt_key.keyval.public);
         assert_eq!(v["sequences"], serde_json::json!([1]));

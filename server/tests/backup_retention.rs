@@ -9,9 +9,12 @@
 mod backup_support;
 mod common;
 
-use backup_support::{backup, cli, config_file, device_store, listed, post, Chain};
+use backup_support::{
+    backup, cli, config_file, device_store, listed, post, signed, Chain, MANIFESTS,
+};
 use common::fleet::{enrolled_device, now};
 use common::{api, client, make_token, run, start};
+use otter_keys::envelope::{Countersignature, ManifestHeader, SignedManifest};
 use serde_json::Value;
 
 const DAY: i64 = 86_400;
@@ -66,9 +69,8 @@ fn prune_keeps_what_each_group_policy_says_and_the_chain_still_verifies() {
         }
 
         let lane_dir = device_store(&cfg, &lane.id);
-        let pack_file = |p: &otter_keys::envelope::SealedPack| {
-            lane_dir.join("packs").join(p.id.to_string())
-        };
+        let pack_file =
+            |p: &otter_keys::envelope::SealedPack| lane_dir.join("packs").join(p.id.to_string());
         let manifest_file = |s: u64| lane_dir.join("manifests").join(format!("{s:020}"));
 
         // A dry run says what it would do and changes nothing.
@@ -85,7 +87,10 @@ fn prune_keeps_what_each_group_policy_says_and_the_chain_still_verifies() {
         assert_eq!(of(&lane.id)["pruned"], serde_json::json!([1, 2, 3]));
         assert_eq!(of(&lab.id)["pruned"], serde_json::json!([1, 2, 4]));
         assert_eq!(of(&lane.id)["collected_packs"].as_array().unwrap().len(), 3);
-        assert_eq!(listed(&c, &srv, &admin, &lane.id).await, vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            listed(&c, &srv, &admin, &lane.id).await,
+            vec![1, 2, 3, 4, 5]
+        );
         assert!(pack_file(&own[0]).exists() && manifest_file(1).exists());
 
         // The lab device through the admin API.
@@ -97,17 +102,58 @@ fn prune_keeps_what_each_group_policy_says_and_the_chain_still_verifies() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["manifests_pruned"], 3);
         assert_eq!(listed(&c, &srv, &admin, &lab.id).await, vec![3, 5]);
-        assert_eq!(listed(&c, &srv, &admin, &lane.id).await, vec![1, 2, 3, 4, 5]);
+        // The device sees its kept manifests and, for the gaps, the pruned headers with the
+        // server's receipts: the whole chain still links, and each link is countersigned.
+        let (s, v) = signed(&c, &srv, &lab, "GET", MANIFESTS, b"").await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["sequences"], serde_json::json!([3, 5]));
+        let receipt_key = otter_server::backups::receipt::load_receipt_public_key(&cfg).unwrap();
+        let mut chain: Vec<ManifestHeader> = lab_chain
+            .sent
+            .iter()
+            .filter(|m| [3, 5].contains(&m.header.sequence))
+            .map(|m| m.header.clone())
+            .collect();
+        for link in v["pruned"].as_array().unwrap() {
+            let header: ManifestHeader = serde_json::from_value(link["header"].clone()).unwrap();
+            let cs: Countersignature =
+                serde_json::from_value(link["countersignature"].clone()).unwrap();
+            assert_eq!(link["header_hash"], header.hash().unwrap());
+            let probe = SignedManifest {
+                header: header.clone(),
+                signature: cs.signature.clone(),
+                body_ciphertext: Vec::new(),
+            };
+            probe.verify_countersignature(&receipt_key, &cs).unwrap();
+            chain.push(header);
+        }
+        chain.sort_by_key(|h| h.sequence);
+        assert_eq!(chain.len(), 5);
+        chain[0].check_follows(None).unwrap();
+        for w in chain.windows(2) {
+            w[1].check_follows(Some(&w[0])).unwrap();
+        }
+        assert_eq!(
+            listed(&c, &srv, &admin, &lane.id).await,
+            vec![1, 2, 3, 4, 5]
+        );
 
         // The lane device through the CLI, while the server runs.
         let out = cli(&file, &["backups", "prune", "--device", &lane.id]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("pruned 3 backup(s), 3 pack(s)"), "{text}");
         assert_eq!(listed(&c, &srv, &admin, &lane.id).await, vec![4, 5]);
         for s in 1..=3 {
             assert!(!manifest_file(s).exists(), "manifest #{s} deleted");
-            assert!(!pack_file(&own[s as usize - 1]).exists(), "pack of #{s} deleted");
+            assert!(
+                !pack_file(&own[s as usize - 1]).exists(),
+                "pack of #{s} deleted"
+            );
         }
         assert!(manifest_file(4).exists() && manifest_file(5).exists());
         assert!(pack_file(&base).exists(), "a pack kept backups need stays");
@@ -123,10 +169,13 @@ fn prune_keeps_what_each_group_policy_says_and_the_chain_still_verifies() {
             .filter(|e| e["action"] == "backups.prune")
             .collect();
         assert_eq!(prunes.len(), 2, "{v}");
-        assert!(prunes.iter().any(|e| e["subject"] == format!("device:{}", lane.id)
-            && e["actor"] == "host"));
-        assert!(prunes.iter().any(|e| e["subject"] == format!("device:{}", lab.id)
-            && e["actor"].as_str().unwrap().starts_with("token:")));
+        assert!(prunes
+            .iter()
+            .any(|e| e["subject"] == format!("device:{}", lane.id) && e["actor"] == "host"));
+        assert!(prunes
+            .iter()
+            .any(|e| e["subject"] == format!("device:{}", lab.id)
+                && e["actor"].as_str().unwrap().starts_with("token:")));
 
         // Verify walks the chains across the pruned backups.
         let v = json_out(&cli(&file, &["backups", "verify", "--json"]));
@@ -140,12 +189,23 @@ fn prune_keeps_what_each_group_policy_says_and_the_chain_still_verifies() {
         assert_eq!(again["manifests_pruned"], 0);
         assert_eq!(again["packs_collected"], 0);
         let p6 = lane_chain.pack(6, 2);
-        backup(&c, &srv, &lane, &mut lane_chain, t0 + 6 * DAY, &[&base, &p6]).await;
+        backup(
+            &c,
+            &srv,
+            &lane,
+            &mut lane_chain,
+            t0 + 6 * DAY,
+            &[&base, &p6],
+        )
+        .await;
         assert_eq!(listed(&c, &srv, &admin, &lane.id).await, vec![4, 5, 6]);
         // A pruned manifest sent again is not taken back.
         let (s, v) = post(&c, &srv, &lane, &lane_chain.sent[0]).await;
         assert_eq!(s, 409, "{v}");
-        let v = json_out(&cli(&file, &["backups", "verify", "--json", "--device", &lane.id]));
+        let v = json_out(&cli(
+            &file,
+            &["backups", "verify", "--json", "--device", &lane.id],
+        ));
         assert_eq!(v["ok"], true, "{v}");
         assert_eq!(v["manifests"], 3);
 
@@ -153,8 +213,14 @@ fn prune_keeps_what_each_group_policy_says_and_the_chain_still_verifies() {
         let (_, operator) = make_token(&c, &srv, &admin, "operator").await;
         let (_, auditor) = make_token(&c, &srv, &admin, "auditor").await;
         let prune_url = srv.url("/api/v1/backup-maintenance/prune");
-        assert_eq!(api(&c, "POST", &prune_url, Some(&operator), None).await.0, 403);
-        assert_eq!(api(&c, "POST", &prune_url, Some(&auditor), None).await.0, 403);
+        assert_eq!(
+            api(&c, "POST", &prune_url, Some(&operator), None).await.0,
+            403
+        );
+        assert_eq!(
+            api(&c, "POST", &prune_url, Some(&auditor), None).await.0,
+            403
+        );
         let verify_url = srv.url("/api/v1/backup-maintenance/verify");
         let (s, v) = api(&c, "POST", &verify_url, Some(&auditor), None).await;
         assert_eq!((s, &v["ok"]), (200, &Value::Bool(true)), "{v}");

@@ -64,7 +64,7 @@ async fn back_up(c: &reqwest::Client, srv: &Running, dev: &TestDevice) {
         page_size: 512,
         page_count: pages.len() as u64,
         pages: pack.entries.iter().map(|e| e.chunk).collect(),
-        chunks: pack.locations().into_iter().collect(),
+        chunks: pack.locations().collect(),
         file_blake3: "11".repeat(32),
         file_sha256: "22".repeat(32),
         row_counts: [("sales".to_string(), 5u64)].into(),
@@ -114,6 +114,24 @@ fn restore_requests_audit_log_and_security_events() {
         )
         .await;
         assert_eq!(st, 200);
+        // A full server-side verification of the catalog, as an operator runs it.
+        let data = dir.path().to_str().unwrap().to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            assert_cmd::Command::cargo_bin("otter-server")
+                .unwrap()
+                .args(["backups", "verify", "--data-dir", &data])
+                .env_remove("OTTER_DATA_DIR")
+                .env_remove("OTTER_CONFIG")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let (_, restorer) = make_token(&api_client, &srv, &admin, "restorer").await;
         let (_, auditor) = make_token(&api_client, &srv, &admin, "auditor").await;
         let c = client();
@@ -131,6 +149,10 @@ fn restore_requests_audit_log_and_security_events() {
         let (st, _, html) = get(&c, &srv, &page, Some(&re.cookie)).await;
         assert_eq!(st, 200);
         assert!(html.contains("id=\"restore-form\""));
+        assert!(
+            html.contains("Last full verification") && html.contains("health-ok\">ok</span>"),
+            "{html}"
+        );
 
         // An auditor reads the catalog, gets no form, and its post is refused.
         let au = sign_in(&c, &srv, &auditor).await;

@@ -57,6 +57,10 @@ fn an_operator_drives_a_rollout_from_the_console() {
         assert_eq!(st, 200);
         assert!(html.contains("class=\"rollout-controls"));
         assert!(html.contains("id=\"rollout-chart\"") && html.contains("<polyline"));
+        // The signed targets entry: hashes, length, the rollout as agents see it.
+        let entry_at = html.find("id=\"signed-entry\"").expect("the signed entry");
+        let entry = &html[entry_at..];
+        assert!(entry.contains("sha256") && entry.contains("length") && entry.contains("rollout"));
         assert!(html.contains(&format!("action=\"{action}\"")));
 
         // Without the CSRF token: 403 and the rollout is as it was.

@@ -1,4 +1,4 @@
-//! A delegated targets role end to end, on the real server over loopback: an admin declares
+//! A delegated targets role end to end, on the real `otter-server` binary over loopback: an admin declares
 //! it (the server re-signs targets, snapshot and timestamp), a publisher uploads the
 //! vendor's file, the vendor signs the role's metadata offline with the real `otter-keys
 //! sign` and the publisher uploads it. The server serves it at `VERSION.ROLE.json`, names it
@@ -6,7 +6,8 @@
 //! role included; python-tuf's `ngclient.Updater` finds the target through the delegation
 //! and downloads it. Bad signatures, too few signatures, rollbacks, expired metadata, paths
 //! outside the delegation, unstored targets, unknown roles and traversal in role names are
-//! refused with JSON 4xx errors, and change nothing.
+//! refused with JSON 4xx errors, and change nothing. Every change is in the audit log; a
+//! store that lost the role's file gets it back from the database on the next start.
 //!
 //! Needs the `otter-keys` binary in the target dir (built by `cargo test --workspace`, or
 //! `cargo build -p otter-keys`) and the python-tuf venv (`scripts/python-venv.sh`).
@@ -14,14 +15,16 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{api, client, config, fetch_and_verify, get_ok, make_token, run, start, Running};
+use common::{api, client, get_ok, run, Chain};
 use otter_keys::age::secrecy::SecretString;
 use otter_keys::crypto::SigningKey;
 use otter_keys::keyfile::{load_public_key, save_signing_key, MIN_WORK_FACTOR};
-use otter_keys::metadata::Metadata;
+use otter_keys::metadata::{check_expected_version, Metadata, Root, Snapshot, Targets, Timestamp};
 use otter_keys::time::UtcTime;
 use serde_json::{json, Value};
 
@@ -130,7 +133,170 @@ fn sign_file(dir: &Path, name: &str, bytes: &[u8], keys: &[&Path]) -> Vec<u8> {
     std::fs::read(&path).unwrap()
 }
 
-async fn put(c: &reqwest::Client, srv: &Running, token: &str, body: Vec<u8>) -> (u16, Value) {
+/// The real `otter-server serve` on 127.0.0.1:0, stopped with SIGTERM (killed if the test
+/// fails half-way).
+struct Bin {
+    child: Option<Child>,
+    base: String,
+}
+
+impl Bin {
+    /// Starts it on `data`, logging to `log`; returns it and the admin token it printed (on
+    /// the first start only).
+    fn start(data: &Path, log: &Path) -> (Bin, Option<String>) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_otter-server"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OTTER_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .env("OTTER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut bin = Bin {
+            child: Some(child),
+            base: String::new(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut token = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("the server prints `listening on http://...` in time");
+            if let Some(t) = line.strip_prefix("admin API token") {
+                token = t.rsplit(' ').next().map(str::to_owned);
+            }
+            if let Some(url) = line.strip_prefix("listening on ") {
+                bin.base = url.trim().to_owned();
+                break;
+            }
+        }
+        (bin, token)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, and a clean exit within 10 s.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                assert!(st.success(), "the server exits cleanly: {st:?}");
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the server did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Creates a token with `role` through the admin API.
+async fn make_token(c: &reqwest::Client, srv: &Bin, admin: &str, role: &str) -> String {
+    let body = serde_json::to_vec(&json!({"role": role, "label": format!("test {role}")})).unwrap();
+    let (s, v) = api(
+        c,
+        "POST",
+        &srv.url("/api/v1/tokens"),
+        Some(admin),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// What a TUF client does from 1.root.json: timestamp, snapshot, targets, each checked
+/// (signatures, versions, lengths, hashes, expiry).
+async fn fetch_and_verify(c: &reqwest::Client, srv: &Bin) -> Chain {
+    let now = UtcTime::now();
+    let max = 1 << 20;
+    let root_bytes = get_ok(c, &srv.url("/repo/metadata/1.root.json")).await;
+    let root = Metadata::<Root>::from_bytes(&root_bytes, max).unwrap();
+    root.verify_self().unwrap();
+    let ts = get_ok(c, &srv.url("/repo/metadata/timestamp.json")).await;
+    let timestamp = Metadata::<Timestamp>::from_bytes(&ts, max).unwrap();
+    root.verify_by(&timestamp, "timestamp").unwrap();
+    timestamp.check_expiry(now).unwrap();
+    let sm = timestamp.signed().snapshot_meta().unwrap().clone();
+    let sb = get_ok(
+        c,
+        &srv.url(&format!("/repo/metadata/{}.snapshot.json", sm.version)),
+    )
+    .await;
+    otter_keys::hash::verify(&sb, sm.length, sm.hashes.as_ref().unwrap()).unwrap();
+    let snapshot = Metadata::<Snapshot>::from_bytes(&sb, max).unwrap();
+    root.verify_by(&snapshot, "snapshot").unwrap();
+    check_expected_version("snapshot", sm.version, snapshot.signed().version).unwrap();
+    let tm = snapshot.signed().meta["targets.json"].clone();
+    let tb = get_ok(
+        c,
+        &srv.url(&format!("/repo/metadata/{}.targets.json", tm.version)),
+    )
+    .await;
+    otter_keys::hash::verify(&tb, tm.length, tm.hashes.as_ref().unwrap()).unwrap();
+    let targets = Metadata::<Targets>::from_bytes(&tb, max).unwrap();
+    root.verify_by(&targets, "targets").unwrap();
+    check_expected_version("targets", tm.version, targets.signed().version).unwrap();
+    targets.check_expiry(now).unwrap();
+    Chain {
+        root,
+        timestamp,
+        snapshot,
+        targets,
+        root_bytes,
+    }
+}
+
+async fn put(c: &reqwest::Client, srv: &Bin, token: &str, body: Vec<u8>) -> (u16, Value) {
     api(
         c,
         "PUT",
@@ -148,10 +314,11 @@ fn a_vendor_signed_role_is_checked_served_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("vendor");
         std::fs::create_dir(&work).unwrap();
-        let (srv, admin) = start(config(&dir.path().join("data"))).await;
-        let admin = admin.unwrap();
+        let log = dir.path().join("server.log");
+        let (srv, admin) = Bin::start(&dir.path().join("data"), &log);
+        let admin = admin.expect("the first start prints the admin token");
         let c = client();
-        let (_, publisher) = make_token(&c, &srv, &admin, "publisher").await;
+        let publisher = make_token(&c, &srv, &admin, "publisher").await;
 
         // The vendor makes its key offline with `otter-keys key new`.
         let (ok, out) = otter_keys(&[
@@ -502,6 +669,22 @@ fn a_vendor_signed_role_is_checked_served_and_verifies() {
         assert_eq!(v["delegations"][0]["served_version"], 2);
         assert_eq!(v["delegations"][0]["highest_accepted"], 2);
 
+        // A store that lost the role's file (or a crash before it was written) is repaired
+        // from the database on the next start.
+        srv.stop();
+        let lost = walk(&dir.path().join("data/store"))
+            .into_iter()
+            .find(|p| p.ends_with("2.card-reader.json"))
+            .expect("the store holds the role's file");
+        let v2_bytes = std::fs::read(&lost).unwrap();
+        std::fs::remove_file(&lost).unwrap();
+        let (srv, _) = Bin::start(&dir.path().join("data"), &dir.path().join("restart1.log"));
+        let url = srv.url("/api/v1/delegations");
+        assert_eq!(
+            get_ok(&c, &srv.url("/repo/metadata/2.card-reader.json")).await,
+            v2_bytes
+        );
+
         // Replacing the delegation's key drops metadata the new key did not sign.
         let replaced = json!({
             "name": ROLE, "keys": [stranger.public_key()], "threshold": 1,
@@ -540,10 +723,38 @@ fn a_vendor_signed_role_is_checked_served_and_verifies() {
             .delegations
             .as_ref()
             .is_none_or(|d| d.roles().is_empty() && d.keys.is_empty()));
-        srv.stop().await;
+        // Every change is in the audit log, by the token that made it; the chain verifies.
+        let (s, v) = api(&c, "GET", &srv.url("/api/v1/audit"), Some(&admin), None).await;
+        assert_eq!(s, 200, "{v}");
+        let actions: Vec<(&str, &str)> = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["subject"] == format!("delegation:{ROLE}"))
+            .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+            .collect();
+        let count = |a: &str| actions.iter().filter(|(x, _)| *x == a).count();
+        assert_eq!(count("delegation.declare"), 2, "{actions:?}");
+        assert_eq!(count("delegation.target"), 1, "{actions:?}");
+        assert_eq!(count("delegation.upload"), 2, "{actions:?}");
+        assert_eq!(count("delegation.remove"), 1, "{actions:?}");
+        let (s, v) = api(
+            &c,
+            "GET",
+            &srv.url("/api/v1/audit/verify"),
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!((s, &v["broken"]), (200, &Value::Null), "{v}");
+        assert_eq!(
+            v["verified"], v["head"]["seq"],
+            "the whole chain verifies: {v}"
+        );
+        srv.stop();
 
         // After a restart the repository (and the role's accepted history) is intact.
-        let (srv, _) = start(config(&dir.path().join("data"))).await;
+        let (srv, _) = Bin::start(&dir.path().join("data"), &dir.path().join("restart.log"));
         fetch_and_verify(&c, &srv).await;
         let (s, _) = api(
             &c,
@@ -554,6 +765,12 @@ fn a_vendor_signed_role_is_checked_served_and_verifies() {
         )
         .await;
         assert_eq!(s, 200, "accepted versions stay served");
-        srv.stop().await;
+        srv.stop();
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(log.contains("delegated role metadata accepted"), "{log}");
+        assert!(
+            !log.contains(&admin),
+            "the admin token never reaches the log"
+        );
     });
 }

@@ -1,8 +1,8 @@
 //! `GET /metrics` on the real server over loopback: it needs an admin, operator or auditor
 //! token; every line of the answer is valid Prometheus text format 0.0.4 (HELP, TYPE or a
 //! sample of a declared family with a number); request counters, latency histograms, bytes
-//! served from /repo, publishes and devices by installed version move after the requests
-//! that should move them. `/readyz` answers 200 like `/healthz`.
+//! served from /repo, publishes, devices by installed version and failed updates move after
+//! the requests that should move them. `/readyz` answers 200 like `/healthz`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -193,10 +193,10 @@ fn metrics_parse_and_move_with_requests() {
         )
         .await;
         assert_eq!(s, 201, "{v}");
+        let target_name = v["release"]["target"].as_str().unwrap().to_owned();
         let target = format!(
-            "/repo/targets/{}.{}",
+            "/repo/targets/{}.{target_name}",
             v["release"]["sha256"].as_str().unwrap(),
-            v["release"]["target"].as_str().unwrap()
         );
         let blob = get_ok(&c, &srv.url(&target)).await;
 
@@ -205,7 +205,10 @@ fn metrics_parse_and_move_with_requests() {
             &c,
             &srv,
             &device,
-            &serde_json::json!({"installed": {"pos-app": "1.0.0"}}),
+            &serde_json::json!({
+                "installed": {"pos-app": "1.0.0"},
+                "last_update": {"target": target_name, "result": "failed"},
+            }),
         )
         .await;
         assert!(s < 300, "{s} {v}");
@@ -232,6 +235,24 @@ fn metrics_parse_and_move_with_requests() {
             1.0
         );
         assert_eq!(get(&after, "otter_devices{state=\"active\"}"), 1.0);
+        // The failed update: the rollout counter and the outcome gauge from the database.
+        let failures = "otter_rollout_failures_total{release=\"pos-app/1.0.0\"}";
+        assert!(
+            get(&after, failures) - get(&before, failures) >= 1.0,
+            "{failures}"
+        );
+        assert_eq!(
+            get(
+                &after,
+                "otter_update_outcomes{release=\"pos-app/1.0.0\",result=\"failed\"}"
+            ),
+            1.0
+        );
+        assert!(
+            get(&after, "otter_rollouts{status=\"active\"}")
+                + get(&after, "otter_rollouts{status=\"halted\"}")
+                >= 1.0
+        );
         // The scrape itself is counted, by route pattern (never the raw path).
         assert!(
             get(

@@ -11,8 +11,11 @@
 //! - refused with a clear error, the live database untouched: a pack tampered with or
 //!   truncated in the server's store, a pack swapped for another device's, a manifest of
 //!   another device in this device's place, the wrong backup key, a changed receipt key;
-//! - SIGKILL at random moments of a restore, `OTTER_RESTORE_TRIALS` times (default 30): the
-//!   live database is always exactly the old one or exactly the restored one.
+//! - SIGKILL at random moments of a restore (by rename, and every third one `--online`),
+//!   `OTTER_RESTORE_TRIALS` times (default 30): the live database is always exactly the old
+//!   one or exactly the restored one;
+//! - a replacement terminal restores a dead terminal's backup re-encrypted for it with the
+//!   recovery key (`otter-keys backup reencrypt`, `otter-agent restore --from-transfer`).
 //!
 //! The binaries are taken from the target dir next to this test executable: build them
 //! first (`cargo build --workspace`; `cargo test --workspace` does).
@@ -286,6 +289,9 @@ fn leftovers_none(db: &Path) {
 fn latest_id_and_before_restore_exactly_the_chosen_backup() {
     let s = Setup::new();
     s.backup(&s.state, &s.db);
+    // The first backup pinned the server's receipt key.
+    let pinned = std::fs::read_to_string(s.state.join("backup/receipt-key")).unwrap();
+    assert_eq!(pinned.trim().len(), 64, "{pinned}");
     let dump1 = dump(&s.db);
     assert!(dump1.starts_with("ok "), "{dump1}");
     std::thread::sleep(Duration::from_millis(1100));
@@ -303,7 +309,10 @@ fn latest_id_and_before_restore_exactly_the_chosen_backup() {
     write_and_crash(&s.db, "DELETE FROM transactions WHERE rowid % 97 = 0;");
     let live = dump(&s.db);
     assert_ne!(live, dump2);
-    write_and_crash(&s.db, "UPDATE transactions SET rowid = rowid WHERE rowid = 1;");
+    write_and_crash(
+        &s.db,
+        "UPDATE transactions SET rowid = rowid WHERE rowid = 1;",
+    );
 
     // A dry run verifies everything, tells what would be lost, and changes nothing.
     let before = files_of(&s.db);
@@ -419,6 +428,24 @@ fn latest_id_and_before_restore_exactly_the_chosen_backup() {
     );
     assert!(!marker.exists(), "no start after a failed stop");
     assert_eq!(dump(&s.db), dump2);
+
+    // The server replays the old manifest as the newest one, or hides the newest: refused
+    // (the chain, and the head this terminal recorded).
+    ok(&s.restore(&["--id", "1"]));
+    let second = s.manifest_path(&s.device_id, 2);
+    let second_bytes = std::fs::read(&second).unwrap();
+    std::fs::copy(s.manifest_path(&s.device_id, 1), &second).unwrap();
+    refused(&s, &["--latest"], "replayed");
+    std::fs::write(&second, &second_bytes).unwrap();
+    py(
+        "import sqlite3, sys\n\
+         c = sqlite3.connect(sys.argv[1])\n\
+         c.execute('DELETE FROM backup_manifests WHERE device_id = ? AND sequence = 2', (sys.argv[2],))\n\
+         c.commit()",
+        &[s.data.join("otter.db").to_str().unwrap(), &s.device_id],
+    );
+    refused(&s, &["--latest"], "hidden");
+    assert_eq!(dump(&s.db), dump1);
 }
 
 #[test]
@@ -474,7 +501,7 @@ fn damaged_swapped_or_foreign_backups_are_refused_and_the_live_database_is_untou
     refused(&s, &["--latest"], "decrypt");
     std::fs::write(&key_file, &my_key).unwrap();
 
-    // A receipt key other than the one pinned on first use.
+    // A receipt key other than the one pinned by the first backup.
     let pinned = s.state.join("backup/receipt-key");
     ok(&s.restore(&["--latest", "--dry-run"]));
     let server_key = std::fs::read_to_string(&pinned).unwrap();
@@ -487,6 +514,22 @@ fn damaged_swapped_or_foreign_backups_are_refused_and_the_live_database_is_untou
     assert_eq!(dump(&s.db), live);
     ok(&s.restore(&["--latest"]));
     assert_ne!(dump(&s.db), live);
+
+    // A backup checks its receipt against the pinned key as well.
+    std::fs::write(&pinned, format!("{}\n", "cd".repeat(32))).unwrap();
+    let out = command("otter-agent")
+        .args(["backup", "--state-dir"])
+        .arg(&s.state)
+        .arg("--database")
+        .arg(&s.db)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("receipt key"),
+        "{}",
+        show(&out)
+    );
 }
 
 /// A small deterministic generator for kill delays (seed printed, `OTTER_RESTORE_SEED`).
@@ -558,8 +601,14 @@ fn sigkill_during_restore_leaves_exactly_the_old_or_the_restored_database() {
     let (mut saw_old, mut saw_new) = (0, 0);
     for trial in 0..trials {
         put_old();
+        // Every third trial copies through SQLite's backup API instead of renaming.
+        let args: &[&str] = if trial % 3 == 2 {
+            &["--latest", "--online"]
+        } else {
+            &["--latest"]
+        };
         let mut child = s
-            .restore_cmd(&["--latest"])
+            .restore_cmd(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -584,4 +633,148 @@ fn sigkill_during_restore_leaves_exactly_the_old_or_the_restored_database() {
     ok(&s.restore(&["--latest"]));
     assert_eq!(dump(&s.db), restored);
     leftovers_none(&s.db);
+}
+
+#[test]
+fn a_replacement_terminal_restores_a_dead_terminals_backup_reencrypted_with_the_recovery_key() {
+    use otter_keys::age::secrecy::ExposeSecret;
+
+    let s = Setup::new();
+    s.backup(&s.state, &s.db);
+    pos(&["mutate", s.db.to_str().unwrap(), "append", "2"]);
+    s.backup(&s.state, &s.db);
+    let dead = dump(&s.db);
+    let (_, body) = s.manifest(2);
+
+    // The terminal dies; a new one enrolls. The admin reads both from the device list.
+    let (new_state, new_id) = s.enroll("replacement");
+    let out = command("otter-server")
+        .args(["devices", "list", "--json", "--data-dir"])
+        .arg(&s.data)
+        .output()
+        .unwrap();
+    let devices: Value = serde_json::from_slice(ok(&out).as_bytes()).unwrap();
+    let find = |id: &str| {
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let dead_key = find(&s.device_id)["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let new_recipient = find(&new_id)["backup_recipient"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Offline, with the recovery identity (a plain age identity file here).
+    let identity = s.tmp.path().join("recovery.txt");
+    std::fs::write(
+        &identity,
+        format!("{}\n", s.recovery.to_string().expose_secret()),
+    )
+    .unwrap();
+    let from = s.data.join(format!("store/backups/{}", s.device_id));
+    let transfer = s.tmp.path().join("transfer");
+    let reencrypt = |key: &str, out: &Path| {
+        command("otter-keys")
+            .args(["backup", "reencrypt", "--identity"])
+            .arg(&identity)
+            .arg("--from")
+            .arg(&from)
+            .args(["--device", &s.device_id, "--device-key", key])
+            .args(["--to", &new_recipient])
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    // The wrong device key: refused, nothing written.
+    let wrong = hex_of_other_key();
+    let out = reencrypt(&wrong, &transfer);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(!transfer.exists());
+    let said = ok(&reencrypt(&dead_key, &transfer));
+    assert!(said.contains("re-encrypted 2 manifests"), "{said}");
+
+    // The new terminal restores it over its own (fresh) database.
+    let new_db = s.tmp.path().join("replacement/pos.db");
+    pos(&["make", new_db.to_str().unwrap(), "500"]);
+    let restore = |args: &[&str]| {
+        command("otter-agent")
+            .arg("restore")
+            .args(args)
+            .arg("--from-transfer")
+            .arg(&transfer)
+            .arg("--state-dir")
+            .arg(&new_state)
+            .arg("--database")
+            .arg(&new_db)
+            .output()
+            .unwrap()
+    };
+    // A damaged re-encrypted pack is refused, the database untouched.
+    let packs = transfer.join("packs");
+    let first_dir = std::fs::read_dir(&packs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let pack = std::fs::read_dir(&first_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let good = std::fs::read(&pack).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() - 10;
+    bad[at] ^= 1;
+    std::fs::write(&pack, &bad).unwrap();
+    let before = files_of(&new_db);
+    let out = restore(&["--latest"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not touched"));
+    assert!(files_of(&new_db) == before);
+    std::fs::write(&pack, &good).unwrap();
+
+    let said = ok(&restore(&["--latest"]));
+    assert!(said.contains("restored backup #2"), "{said}");
+    assert_eq!(dump(&new_db), dead);
+    assert_eq!(sha256(&new_db), body.file_sha256);
+    // --id picks from the transferred chain too.
+    ok(&restore(&["--id", "1"]));
+    assert_ne!(dump(&new_db), dead);
+    // The copy is for the new terminal only: the old terminal's backup key cannot open it.
+    let out = command("otter-agent")
+        .args(["restore", "--latest", "--dry-run", "--from-transfer"])
+        .arg(&transfer)
+        .arg("--state-dir")
+        .arg(&s.state)
+        .arg("--database")
+        .arg(&s.db)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("decrypt"),
+        "{}",
+        show(&out)
+    );
+}
+
+/// Another ed25519 public key, hex: the "wrong device key".
+fn hex_of_other_key() -> String {
+    let k = otter_keys::crypto::SigningKey::from_seed(&[9; 32]);
+    let mut s = String::new();
+    for b in k.public_bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }

@@ -3,9 +3,10 @@
 //! The real server keeps its store in an S3 bucket on a real S3-compatible server (s3s-fs on
 //! loopback, or `OTTER_TEST_S3_ENDPOINT`, see `common/s3.rs`). A terminal enrolls with
 //! `otter-agent enroll` and backs its SQLite database up twice with `otter-agent backup`;
-//! the packs and signed manifests land in the bucket. Then, as after losing the server, the
-//! agent library's verified restore (`otter_agent::backup::restore`) rebuilds both backups
-//! from the bucket alone with the fleet's recovery key: the rows are the ones backed up.
+//! the packs and signed manifests land in the bucket. `otter-agent restore --latest` brings
+//! the damaged database back through the server. Then, as after losing the server, the agent
+//! library's verified restore (`otter_agent::backup::restore`) rebuilds both backups from the
+//! bucket alone with the fleet's recovery key: the rows are the ones backed up.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -125,7 +126,7 @@ fn backup(state: &Path, db: &Path) -> String {
 }
 
 #[test]
-fn backups_land_in_the_bucket_and_restore_from_it_with_the_recovery_key() {
+fn backups_land_in_the_bucket_and_restore_through_the_server_and_from_the_bucket() {
     use otter_keys::age::x25519::Identity;
 
     let s3 = S3Server::start();
@@ -208,6 +209,19 @@ fn backups_land_in_the_bucket_and_restore_from_it_with_the_recovery_key() {
         objects.iter().filter(|k| k.contains("/packs/")).count() >= 2,
         "{objects:?}"
     );
+    // The terminal loses its database and restores it through the S3-backed server with
+    // `otter-agent restore` (packs and manifests read back from the bucket).
+    std::fs::write(&db, b"not a database any more").unwrap();
+    let out = command("otter-agent")
+        .args(["restore", "--latest", "--state-dir"])
+        .arg(&state)
+        .arg("--database")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(sql(&db, "", SUMMARY), second);
+
     let status = server.stop().expect("the server stops on SIGTERM");
     assert!(status.success(), "{status}");
 

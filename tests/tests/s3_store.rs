@@ -385,3 +385,71 @@ fn the_store_examples_of_the_docs_and_deploy_start_a_server() {
         assert!(status.success(), "example {i}: {status}");
     }
 }
+
+/// `len` bytes that zstd cannot shrink (xorshift), so a bundle is as large as its payload.
+fn incompressible(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn a_bundle_larger_than_one_part_goes_up_in_parts_and_comes_back_whole() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = s3::unique_prefix("large");
+    let config = tmp.path().join("server.toml");
+    std::fs::write(&config, s3.store_toml(&prefix)).unwrap();
+    let data = tmp.path().join("server-data");
+    let mut server = ServerGuard::start_env(
+        &data,
+        &["--config".as_ref(), config.as_os_str()],
+        &s3.credentials_env(),
+        &tmp.path().join("server.log"),
+    );
+    // Over 8 MiB: the server stores it as an S3 multipart upload (two parts).
+    let payload = incompressible(9 * 1024 * 1024 + 123, 0x5eed_1234_abcd_0001);
+    let bytes = s3::bundle("pos-firmware", "9.0.0", &[("fw.bin", &payload)]);
+    assert!(bytes.len() > 9 * 1024 * 1024);
+    let token = s3::publisher_token_file(&data, tmp.path());
+    s3::publish(&server.url, &token, &bytes, tmp.path());
+    let target = "pos-firmware-9.0.0.tar.zst";
+    let sha = otter_keys::hash::sha256_hex(&bytes);
+    let stored = s3
+        .get(&format!("{prefix}/repo/targets/{sha}.{target}"))
+        .unwrap();
+    assert!(stored == bytes, "the object in the bucket is the bundle");
+
+    // A range across the 8 MiB part boundary, then the whole file through the TUF client.
+    let url = format!("{}/repo/targets/{sha}.{target}", server.url);
+    let boundary = 8 * 1024 * 1024;
+    let part = curl_body(
+        &url,
+        &[&format!("Range: bytes={}-{}", boundary - 10, boundary + 9)],
+    );
+    assert!(part == bytes[boundary - 10..boundary + 10]);
+    let root = tmp.path().join("1.root.json");
+    std::fs::write(
+        &root,
+        s3.get(&format!("{prefix}/repo/metadata/1.root.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let (out, got) = s3::tuf_download(
+        &root,
+        &format!("{}/repo/metadata", server.url),
+        &format!("{}/repo/targets", server.url),
+        target,
+        &tmp.path().join("agent"),
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(std::fs::read(&got).unwrap() == bytes);
+    let status = server.stop().expect("the server stops on SIGTERM");
+    assert!(status.success(), "{status}");
+}

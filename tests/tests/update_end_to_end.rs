@@ -5,7 +5,9 @@
 //! `otter-agent status --json` and the server's device inventory show it. A second release
 //! whose health check fails is rolled back, reported as such to the server, and not tried
 //! again by `otter-agent run --once`. A third release downloaded outside the maintenance
-//! window waits, verified, and is applied by `update --now`.
+//! window waits, verified, and is applied by `update --now`. Metadata refused from a hostile
+//! mirror reaches the server as a security event, and `run --once` makes the scheduled
+//! backup when (and only when) it is due.
 //!
 //! The binaries are taken from the target dir next to this test executable: build them
 //! first (`cargo build --workspace`; `cargo test --workspace` does).
@@ -121,9 +123,20 @@ impl Env {
 }
 
 fn setup() -> Env {
+    setup_with("")
+}
+
+/// `setup` with `server_toml` as the server's configuration file.
+fn setup_with(server_toml: &str) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server-data");
-    let server = ServerGuard::start(&data, &[], &tmp.path().join("server.log"));
+    let server_config = tmp.path().join("server.toml");
+    std::fs::write(&server_config, server_toml).unwrap();
+    let server = ServerGuard::start(
+        &data,
+        &["--config".as_ref(), server_config.as_os_str()],
+        &tmp.path().join("server.log"),
+    );
     let e = |args: &[&str]| {
         let out = command("otter-server")
             .args(args)
@@ -429,4 +442,67 @@ fn refused_metadata_from_a_hostile_mirror_is_reported_as_a_security_event() {
         !env.root.join("components").exists(),
         "nothing was installed"
     );
+}
+
+#[test]
+fn the_daemon_makes_the_scheduled_backup_when_it_is_due() {
+    let recovery = otter_keys::age::x25519::Identity::generate();
+    let env = setup_with(&format!(
+        "[backups]\nrecovery_recipient = \"{}\"\n",
+        recovery.to_public()
+    ));
+    // A small till database.
+    let db = env.tmp.path().join("terminal/pos.db");
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             c.execute('CREATE TABLE sales (id INTEGER PRIMARY KEY, cents INTEGER)')\n\
+             c.executemany('INSERT INTO sales VALUES (?, ?)', [(i, i * 7) for i in range(500)])\n\
+             c.commit()",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config.push_str(&format!(
+        "[backup]\ndatabase = {:?}\ninterval_secs = 3600\npack_size = 65536\n",
+        db.to_str().unwrap()
+    ));
+    std::fs::write(&env.config, config).unwrap();
+
+    let backups = || {
+        let out = command("otter-server")
+            .args(["backups", "list", "--json", "--data-dir"])
+            .arg(&env.data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array().unwrap().len()
+    };
+    let out = env.agent(&["run", "--once"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("backup #1"),
+        "{}",
+        show(&out)
+    );
+    let st = env.status();
+    assert_eq!(st["last_backup"]["ok"], true, "{st}");
+    let at = st["last_backup"]["at"].as_i64().unwrap();
+    assert_eq!(backups(), 1);
+
+    // Not due again within the interval: the next iteration only polls.
+    let out = env.agent(&["run", "--once"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("backup #"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(env.status()["last_backup"]["at"].as_i64().unwrap(), at);
+    assert_eq!(backups(), 1);
 }

@@ -119,6 +119,25 @@ impl Journal {
         })
     }
 
+    /// Opens an existing journal read-only (no schema changes, no lock).
+    pub(crate) fn open_read_only(path: &Path) -> Result<Journal, ApplyError> {
+        let err = |e: rusqlite::Error| ApplyError::Journal {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        Ok(Journal {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// Records a new operation in `state`; returns its id.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn begin(

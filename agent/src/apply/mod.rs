@@ -364,14 +364,7 @@ impl Applier {
 
     /// Active version of every installed component.
     pub fn installed(&self) -> Result<BTreeMap<String, semver::Version>, ApplyError> {
-        let mut out = BTreeMap::new();
-        for (name, c) in self.journal.components()? {
-            if let Some(v) = c.active {
-                let v = parse_version(&name, &v)?;
-                out.insert(name, v);
-            }
-        }
-        Ok(out)
+        installed_in(&self.journal)
     }
 
     /// Recent journal entries, newest first (for `otter-agent status`).
@@ -411,45 +404,13 @@ impl Applier {
             Some(&expected.target),
             "unpacking",
         )?;
-        let staging = self.staging_dir(id);
-        if let Err(e) = self.stage(id, bundle, expected, &staging) {
-            // If cleaning up fails too, the entry stays open and the next open() finishes it.
+        if let Err(e) = self.prepare(id, bundle, expected) {
+            // Nothing was switched: remove what was unpacked. If cleaning up fails too, the
+            // entry stays open and the next open() finishes it.
             let _ = self.abort_install(id, &e.to_string());
             return Err(e);
         }
         let cdir = self.component_dir(name);
-        let vdir = cdir.join(&to);
-        if fs::symlink_metadata(&vdir).is_ok() {
-            // A kept copy of the same version (never the active one): replaced by the new.
-            self.journal.forget_previous(name, &to)?;
-            fsx::retire_dir(&vdir, &self.trash_dir(), &format!("{id}-replaced"))
-                .map_err(io_err("removing", &vdir))?;
-        }
-        fs::rename(&staging, &vdir).map_err(io_err("moving staged bundle to", &vdir))?;
-        fsx::sync_dir(&cdir).map_err(io_err("syncing directory", &cdir))?;
-        let staging_root = self.root.join("staging");
-        fsx::sync_dir(&staging_root).map_err(io_err("syncing directory", &staging_root))?;
-        self.journal.set_state(id, "staged", None)?;
-
-        let manifest = read_manifest(&vdir)?;
-        let hooks = self.config.hooks.get(kind).cloned().unwrap_or_default();
-        let steps = [
-            ("pre-install hook", hooks.pre_install),
-            ("install command", manifest.install.clone()),
-        ];
-        for (step, argv) in steps {
-            let Some(argv) = argv else { continue };
-            let op = self.journal.op(id)?;
-            if let Err(reason) = self.run_step(&op, &argv, step, 0) {
-                let _ = self.abort_install(id, &format!("{step} failed: {reason}"));
-                return Err(ApplyError::Hook {
-                    step: step.into(),
-                    component: name.into(),
-                    version: to,
-                    reason,
-                });
-            }
-        }
         self.journal.set_state(id, "switching", None)?;
         fsx::switch_current(&cdir, Some(&to)).map_err(io_err("switching", &cdir))?;
         self.journal.set_state(id, "switched", None)?;
@@ -495,6 +456,54 @@ impl Applier {
 
     fn trash_dir(&self) -> PathBuf {
         self.root.join("trash")
+    }
+
+    /// Everything before the switch of install `id`: unpack and check into `staging/<id>`,
+    /// move it to `components/<name>/<version>`, then the pre-install hook and the bundle's
+    /// install command.
+    fn prepare(&mut self, id: i64, bundle: &Path, expected: &Expected) -> Result<(), ApplyError> {
+        let name = expected.name.as_str();
+        let to = expected.version.to_string();
+        let staging = self.staging_dir(id);
+        self.stage(id, bundle, expected, &staging)?;
+        let cdir = self.component_dir(name);
+        let vdir = cdir.join(&to);
+        if fs::symlink_metadata(&vdir).is_ok() {
+            // A kept copy of the same version (never the active one): replaced by the new.
+            self.journal.forget_previous(name, &to)?;
+            fsx::retire_dir(&vdir, &self.trash_dir(), &format!("{id}-replaced"))
+                .map_err(io_err("removing", &vdir))?;
+        }
+        fs::rename(&staging, &vdir).map_err(io_err("moving staged bundle to", &vdir))?;
+        fsx::sync_dir(&cdir).map_err(io_err("syncing directory", &cdir))?;
+        let staging_root = self.root.join("staging");
+        fsx::sync_dir(&staging_root).map_err(io_err("syncing directory", &staging_root))?;
+        self.journal.set_state(id, "staged", None)?;
+
+        let manifest = read_manifest(&vdir)?;
+        let hooks = self
+            .config
+            .hooks
+            .get(expected.kind.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let steps = [
+            ("pre-install hook", hooks.pre_install),
+            ("install command", manifest.install.clone()),
+        ];
+        for (step, argv) in steps {
+            let Some(argv) = argv else { continue };
+            let op = self.journal.op(id)?;
+            if let Err(reason) = self.run_step(&op, &argv, step, 0) {
+                return Err(ApplyError::Hook {
+                    step: step.into(),
+                    component: name.into(),
+                    version: to,
+                    reason,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Unpacks and checks the bundle into `staging` (fsynced).
@@ -863,6 +872,56 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// A read-only look at an install root's journal: no lock taken, no recovery run, so
+/// `otter-agent status` can read it while the daemon applies. What it shows may include an
+/// operation still in progress (or one a crash interrupted, until the next
+/// [`Applier::open`]).
+#[derive(Debug)]
+pub struct JournalView {
+    journal: Option<journal::Journal>,
+}
+
+impl JournalView {
+    /// Opens the journal of `install_root` read-only; an install root without a journal
+    /// (nothing ever installed) gives an empty view.
+    pub fn open(install_root: &Path) -> Result<JournalView, ApplyError> {
+        let path = install_root.join("journal.sqlite");
+        if !path.exists() {
+            return Ok(JournalView { journal: None });
+        }
+        Ok(JournalView {
+            journal: Some(journal::Journal::open_read_only(&path)?),
+        })
+    }
+
+    /// Active version of every installed component, as last committed.
+    pub fn installed(&self) -> Result<BTreeMap<String, semver::Version>, ApplyError> {
+        match &self.journal {
+            Some(j) => installed_in(j),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// Recent journal entries, newest first.
+    pub fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, ApplyError> {
+        match &self.journal {
+            Some(j) => j.history(limit),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+fn installed_in(j: &journal::Journal) -> Result<BTreeMap<String, semver::Version>, ApplyError> {
+    let mut out = BTreeMap::new();
+    for (name, c) in j.components()? {
+        if let Some(v) = c.active {
+            let v = parse_version(&name, &v)?;
+            out.insert(name, v);
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the manifest kept in an unpacked version directory.

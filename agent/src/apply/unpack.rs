@@ -399,3 +399,58 @@ fn read_tar<R: Read>(reader: R, dest: &Path) -> Result<Manifest, UnpackError> {
         .map_err(|e| UnpackError::Io("syncing directory", dest.to_path_buf(), e))?;
     Ok(manifest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_checked() {
+        for ok in ["a", "a/b.c", "lib/x+y-1.so", "manifest.json"] {
+            assert!(is_safe_relative_path(ok), "{ok}");
+        }
+        for bad in [
+            "", "/a", "a/../b", "..", "./a", "a//b", "a/", "-rf", "a\\b", "a b", "a\0b",
+        ] {
+            assert!(!is_safe_relative_path(bad), "{bad:?}");
+        }
+        assert!(!is_safe_relative_path(&"a".repeat(256)));
+    }
+
+    #[test]
+    fn manifests_are_parsed_strictly() {
+        let good = serde_json::json!({
+            "name": "app", "kind": "patch", "version": "1.2.3", "hardware": ["pos-a"],
+            "payload": [{"path": "bin/x", "size": 1, "sha256": "a".repeat(64)}],
+            "health": ["bin/x", "--quick"]
+        });
+        let m = Manifest::parse(&serde_json::to_vec(&good).unwrap()).unwrap();
+        assert_eq!(m.semver().unwrap(), semver::Version::new(1, 2, 3));
+        let cases = [
+            ("name", serde_json::json!("../x")),
+            ("version", serde_json::json!("01.2.3")),
+            ("kind", serde_json::json!("kernel")),
+            ("hardware", serde_json::json!([])),
+            ("payload", serde_json::json!([])),
+            (
+                "payload",
+                serde_json::json!([{"path": "manifest.json", "size": 1, "sha256": "a".repeat(64)}]),
+            ),
+            (
+                "payload",
+                serde_json::json!([{"path": "x", "size": 1, "sha256": "A".repeat(64)}]),
+            ),
+            ("health", serde_json::json!([])),
+            ("install", serde_json::json!([""])),
+            ("extra", serde_json::json!(1)),
+        ];
+        for (field, value) in cases {
+            let mut v = good.clone();
+            v[field] = value.clone();
+            assert!(
+                Manifest::parse(&serde_json::to_vec(&v).unwrap()).is_err(),
+                "{field} = {value}"
+            );
+        }
+    }
+}

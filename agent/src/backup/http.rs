@@ -16,6 +16,10 @@
 //! - the manifest list also carries the server's countersignature of each manifest and its
 //!   receipt public key ([`HttpBackupStore::receipts`]), which a restore checks.
 //!
+//! The server's backup receipt key is pinned in `STATE/backup/receipt-key` the first time
+//! it is seen ([`HttpBackupStore::with_receipt_pin`]: every receipt of a backup is then
+//! checked against it; a restore checks every manifest's countersignature with it).
+//!
 //! Nothing the server returns is trusted: a restore checks every pack against its id and
 //! the signed manifest. The server enforces the chain itself: a manifest that does not
 //! follow the device's last one is refused (409).
@@ -23,10 +27,11 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use otter_keys::crypto::{PublicKey, SigningKey};
-use otter_keys::envelope::{Countersignature, PackId};
+use otter_keys::envelope::{Countersignature, PackId, SignedManifest};
 use otter_keys::request::sign_request;
 use serde_json::Value;
 
@@ -34,6 +39,65 @@ use super::store::{BackupStore, StoreError};
 
 /// Largest answer body read.
 const MAX_ANSWER: u64 = 1024 * 1024;
+
+/// Where the server's backup receipt key is pinned, under the agent's state dir.
+pub fn receipt_pin_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("backup").join("receipt-key")
+}
+
+/// Checks the server's receipt key (hex) against `given`, else against the key pinned at
+/// `pin`; pins it there when nothing is pinned yet. Returns whether it was pinned now.
+pub fn check_pinned_receipt_key(
+    pin: &Path,
+    from_server: &str,
+    given: Option<&str>,
+) -> Result<bool, StoreError> {
+    let from_server = from_server.trim().to_ascii_lowercase();
+    parse_receipt_key(&from_server)?;
+    let expected = match given {
+        Some(g) => Some(g.trim().to_ascii_lowercase()),
+        None => match std::fs::read_to_string(pin) {
+            Ok(text) => Some(text.trim().to_ascii_lowercase()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    what: "cannot read the pinned receipt key",
+                    path: pin.to_path_buf(),
+                    source,
+                })
+            }
+        },
+    };
+    match expected {
+        Some(e) if e == from_server => Ok(false),
+        Some(e) => Err(StoreError::Remote(format!(
+            "the server's backup receipt key {from_server} is not the expected {e} ({}): the \
+             server was replaced or its key rotated; check with the server's admin, then pass \
+             --receipt-key or remove the pinned file",
+            if given.is_some() {
+                "--receipt-key".to_owned()
+            } else {
+                pin.display().to_string()
+            }
+        ))),
+        None => {
+            if let Some(dir) = pin.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                    what: "cannot create",
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+            otter_keys::atomic::write_atomic(pin, format!("{from_server}\n").as_bytes(), 0o644)
+                .map_err(|source| StoreError::Io {
+                    what: "cannot pin the receipt key in",
+                    path: pin.to_path_buf(),
+                    source,
+                })?;
+            Ok(true)
+        }
+    }
+}
 
 /// The server's answer to an accepted manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +130,7 @@ pub struct HttpBackupStore<'a> {
     key: &'a SigningKey,
     http: reqwest::blocking::Client,
     receipt: RefCell<Option<ManifestReceipt>>,
+    receipt_pin: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for HttpBackupStore<'_> {
@@ -93,7 +158,16 @@ impl<'a> HttpBackupStore<'a> {
             key,
             http,
             receipt: RefCell::new(None),
+            receipt_pin: None,
         })
+    }
+
+    /// Checks every receipt of a manifest this store sends: the countersignature must verify
+    /// with the server's receipt key, which must be the one pinned at `pin` (see
+    /// [`receipt_pin_path`]; pinned on the first receipt).
+    pub fn with_receipt_pin(mut self, pin: impl Into<PathBuf>) -> Self {
+        self.receipt_pin = Some(pin.into());
+        self
     }
 
     /// The server's receipt for the last manifest this store sent, if any.
@@ -134,6 +208,31 @@ impl<'a> HttpBackupStore<'a> {
             receipt_public_hex: key_hex.to_ascii_lowercase(),
             by_sequence,
         })
+    }
+
+    /// Verifies a manifest's receipt with the server's key, checked against the pin.
+    fn check_receipt(
+        &self,
+        pin: &Path,
+        manifest: &[u8],
+        answer: &Value,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let bad = |m: String| StoreError::Remote(format!("the receipt of {what}: {m}"));
+        let key_hex = answer
+            .get("receipt_public_key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no receipt_public_key".into()))?;
+        check_pinned_receipt_key(pin, key_hex, None)?;
+        let cs: Countersignature = answer
+            .get("countersignature")
+            .cloned()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or_else(|| bad("no readable countersignature".into()))?;
+        let m =
+            SignedManifest::from_bytes(manifest, manifest.len()).map_err(|e| bad(e.to_string()))?;
+        m.verify_countersignature(&parse_receipt_key(key_hex)?, &cs)
+            .map_err(|e| bad(e.to_string()))
     }
 
     fn manifest_list(&self) -> Result<Value, StoreError> {
@@ -291,6 +390,9 @@ impl BackupStore for HttpBackupStore<'_> {
                     StoreError::Remote(format!("the receipt of {what} is not JSON: {e}"))
                 })?;
                 let text = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_owned);
+                if let Some(pin) = &self.receipt_pin {
+                    self.check_receipt(pin, bytes, &answer, &what)?;
+                }
                 let receipt = ManifestReceipt {
                     header_hash: text("header_hash").unwrap_or_default(),
                     countersignature: text("countersignature").unwrap_or_default(),

@@ -360,6 +360,53 @@ impl<F: Fetcher> Updater<F> {
         Err(UpdateError::UnknownTarget(target.to_string()))
     }
 
+    /// Every target entry the client may trust, sorted by name: the names listed by the
+    /// top-level targets role and by every delegated role reachable from it (at most
+    /// `max_delegations` roles, loaded in pre-order), each resolved by [`Self::find_target`],
+    /// so an entry that a delegation does not cover (paths, terminating delegations,
+    /// priority) is never returned. Refreshes first if that has not been done.
+    pub fn list_targets(&mut self) -> Result<Vec<(String, TargetFile)>, UpdateError> {
+        if !self.refreshed {
+            self.refresh()?;
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut to_visit: Vec<(String, String)> = vec![("targets".into(), "root".into())];
+        let mut visited: Vec<String> = Vec::new();
+        while visited.len() <= self.cfg.max_delegations {
+            let Some((role, parent)) = to_visit.pop() else {
+                break;
+            };
+            if visited.contains(&role) {
+                continue;
+            }
+            self.load_targets(&role, &parent)?;
+            let md = self
+                .trusted
+                .targets(&role)
+                .ok_or_else(|| TrustError::Workflow(format!("{role} not loaded")))?;
+            names.extend(md.signed().targets.keys().cloned());
+            let mut children: Vec<(String, String)> = md
+                .signed()
+                .delegations
+                .iter()
+                .flat_map(|d| d.roles())
+                .map(|r| (r.name.clone(), role.clone()))
+                .collect();
+            visited.push(role);
+            children.reverse();
+            to_visit.extend(children);
+        }
+        let mut out = Vec::new();
+        for name in names {
+            match self.find_target(&name) {
+                Ok(t) => out.push((name, t)),
+                Err(UpdateError::UnknownTarget(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Where a target is kept in `target_dir`: its whole path quoted into one file name.
     pub fn local_target_path(target_dir: &Path, target: &str) -> PathBuf {
         target_dir.join(quote(target))
@@ -462,6 +509,7 @@ impl<F: Fetcher> Updater<F> {
                     source: HashError::Empty,
                 },
                 D::Io { path, source } => UpdateError::Io { path, source },
+                e @ D::Cancelled { .. } => UpdateError::Config(e.to_string()),
             })
     }
 }

@@ -384,6 +384,51 @@ pub async fn sweep(db: &Db, store: &Store, device: Option<&str>) -> Result<Vec<S
     Ok(errors)
 }
 
+/// A pruned manifest as the catalog keeps it: enough to check the chain across it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrunedLink {
+    /// Its place in the chain.
+    pub sequence: u64,
+    /// Its header, as the device signed it (the next manifest's `previous` is its hash).
+    pub header: ManifestHeader,
+    /// Hex SHA-256 of the canonical header.
+    pub header_hash: String,
+    /// The server's receipt of it.
+    pub countersignature: otter_keys::envelope::Countersignature,
+    /// When it was pruned, Unix seconds.
+    pub pruned_at: i64,
+}
+
+/// The pruned manifests of a device, oldest first: with the kept ones, the whole chain.
+pub fn pruned_links(conn: &Connection, device_id: &str) -> Result<Vec<PrunedLink>, BackupError> {
+    let mut stmt = conn.prepare(
+        "SELECT sequence, header, header_hash, countersignature, pruned_at
+         FROM backup_pruned_manifests WHERE device_id = ?1 ORDER BY sequence",
+    )?;
+    let rows = stmt.query_map([device_id], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, header, header_hash, cs, pruned_at) = row?;
+        out.push(PrunedLink {
+            sequence: u64::try_from(seq).unwrap_or(0),
+            header: header_of(&header)?,
+            header_hash,
+            countersignature: serde_json::from_str(&cs)
+                .map_err(|e| BackupError::Corrupt(format!("stored countersignature: {e}")))?,
+            pruned_at,
+        });
+    }
+    Ok(out)
+}
+
 /// Deletes an object; one that is already gone is fine.
 async fn delete_object(store: &Store, key: &str) -> Result<(), String> {
     let path = crate::store::object_path(key).map_err(|e| e.to_string())?;

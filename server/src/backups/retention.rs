@@ -191,11 +191,14 @@ pub fn month_bucket(unix: i64) -> i64 {
     y * 12 + m - 1
 }
 
+/// A calendar bucket of a time: backups in the same bucket share a day, week or month.
+type Bucket = fn(i64) -> i64;
+
 /// Applies `policy` to one device's backups (any order). Returns one decision per backup,
 /// newest first. See the module documentation for the rule.
 pub fn select(policy: &RetentionPolicy, backups: &[Candidate]) -> Vec<Decision> {
     let mut order: Vec<Candidate> = backups.to_vec();
-    order.sort_by(|a, b| b.sequence.cmp(&a.sequence));
+    order.sort_by_key(|c| std::cmp::Reverse(c.sequence));
     let mut out: Vec<Decision> = order
         .iter()
         .map(|c| Decision {
@@ -216,7 +219,7 @@ pub fn select(policy: &RetentionPolicy, backups: &[Candidate]) -> Vec<Decision> 
     for d in out.iter_mut().take(policy.keep_last as usize) {
         d.reasons.push(KeepReason::Last);
     }
-    let rules: [(u32, fn(i64) -> i64, KeepReason); 3] = [
+    let rules: [(u32, Bucket, KeepReason); 3] = [
         (policy.keep_daily, day_bucket, KeepReason::Daily),
         (policy.keep_weekly, week_bucket, KeepReason::Weekly),
         (policy.keep_monthly, month_bucket, KeepReason::Monthly),

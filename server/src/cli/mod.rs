@@ -1,8 +1,10 @@
 //! The `otter-server` binary's administrative subcommands (binary only, not part of the
-//! library): `init`, `token`, `publish`, `enroll-token`, `devices`, `backups`. Each file holds one subcommand.
+//! library): `init`, `token`, `publish`, `enroll-token`, `devices`, `backups`, `rollout`,
+//! `audit`, `delta`. Each file holds one subcommand.
 
 pub mod audit;
 pub mod backups;
+pub mod delta;
 pub mod devices;
 pub mod enroll_token;
 pub mod init;

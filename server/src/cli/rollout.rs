@@ -80,7 +80,8 @@ pub enum RolloutCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Set the percent and/or the groups. The percent only goes up unless --force.
+    /// Set the percent and/or the groups. The percent only goes up unless --force. Given
+    /// both, the groups are set first, then the percent: two changes, each signed.
     Set {
         /// Release (component) name.
         name: String,

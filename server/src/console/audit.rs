@@ -158,7 +158,7 @@ pub async fn security(
             }
         }
     }
-    events.sort_by(|a, b| b.0.cmp(&a.0));
+    events.sort_by_key(|e| std::cmp::Reverse(e.0));
     let mut b = String::new();
     let _ = write!(
         b,

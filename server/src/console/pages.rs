@@ -15,6 +15,9 @@ use super::session::{
     cookie_value, random_hex, secrets_match, set_cookie, LOGIN_COOKIE, SESSION_COOKIE,
 };
 use super::{AnyRole, ConsoleState, CSS, NAV};
+use std::collections::HashMap;
+
+use crate::backups::verify::{last_verifications, VerificationRecord};
 use crate::backups::{list_manifests, ManifestRecord};
 use crate::db::unix_now;
 use crate::fleet::report::Health;
@@ -358,6 +361,37 @@ pub async fn fleet(
         );
     }
     b.push_str("</section>");
+    let mut by_model: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut by_version: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for d in &all {
+        *by_model.entry(d.hardware_model.as_str()).or_default() += 1;
+        for (c, v) in &d.installed {
+            *by_version.entry((c.as_str(), v.as_str())).or_default() += 1;
+        }
+    }
+    if !all.is_empty() {
+        b.push_str(
+            "<section class=\"summary\" aria-label=\"Devices by model and installed version\">",
+        );
+        for (m, n) in &by_model {
+            let _ = write!(
+                b,
+                "<div class=\"stat\"><a href=\"/console/fleet?model={}\"><span class=\"num\">{n}</span> {}</a></div>",
+                url_part(m),
+                esc(m)
+            );
+        }
+        for ((c, v), n) in by_version.iter().take(24) {
+            let _ = write!(
+                b,
+                "<div class=\"stat\"><a href=\"/console/fleet?version={}\"><span class=\"num\">{n}</span> <code>{}&nbsp;{}</code></a></div>",
+                url_part(v),
+                esc(c),
+                esc(v)
+            );
+        }
+        b.push_str("</section>");
+    }
 
     b.push_str("<form method=\"get\" action=\"/console/fleet\" class=\"filters\" role=\"search\">");
     b.push_str(&select("model", "Model", &models, nonempty(&q.model)));
@@ -423,7 +457,56 @@ pub async fn fleet(
     Ok(page(&auth, "Fleet", "/fleet", &b))
 }
 
-fn backups_table(records: &[ManifestRecord], with_device: bool) -> String {
+/// The last full verification of each backup, by (device, sequence).
+pub type Verifications = HashMap<(String, u64), VerificationRecord>;
+
+/// Reads the last verifications (`device`'s only when given) and the pruned sequences per
+/// device: what the backups pages show beside the catalog.
+fn backup_checks(
+    conn: &rusqlite::Connection,
+    device: Option<&str>,
+) -> Result<(Verifications, HashMap<String, Vec<u64>>), ConsoleError> {
+    let verifs = last_verifications(conn, device)
+        .map_err(|e| ConsoleError::internal("reading the backup verifications", &e))?
+        .into_iter()
+        .map(|v| ((v.device_id.clone(), v.sequence), v))
+        .collect();
+    let mut pruned: HashMap<String, Vec<u64>> = HashMap::new();
+    let rows = conn
+        .prepare(
+            "SELECT device_id, sequence FROM backup_pruned_manifests
+             WHERE ?1 IS NULL OR device_id = ?1",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([device], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| ConsoleError::internal("reading the pruned backups", &e))?;
+    for (d, s) in rows {
+        pruned
+            .entry(d)
+            .or_default()
+            .push(u64::try_from(s).unwrap_or(0));
+    }
+    Ok((verifs, pruned))
+}
+
+fn verification_cell(v: Option<&VerificationRecord>) -> String {
+    match v {
+        None => "<span class=\"muted\">not yet</span>".into(),
+        Some(v) if v.ok => format!("<span class=\"badge health-ok\">ok</span> {}", time(v.verified_at)),
+        Some(v) => format!(
+            "<span class=\"badge health-failing\">{} problems</span> {} <span class=\"muted\">{}</span>",
+            v.problems.len(),
+            time(v.verified_at),
+            esc(&v.problems.first().cloned().unwrap_or_default())
+        ),
+    }
+}
+
+fn backups_table(records: &[ManifestRecord], with_device: bool, verifs: &Verifications) -> String {
     let mut b = String::from("<div class=\"scroll\"><table class=\"backups\"><thead><tr>");
     if with_device {
         b.push_str("<th scope=\"col\">Device</th>");
@@ -431,7 +514,7 @@ fn backups_table(records: &[ManifestRecord], with_device: bool) -> String {
     b.push_str(
         "<th scope=\"col\">#</th><th scope=\"col\">Taken</th><th scope=\"col\">Received and checked</th>\
          <th scope=\"col\">Packs</th><th scope=\"col\">Size</th><th scope=\"col\">New</th>\
-         <th scope=\"col\">Header hash</th></tr></thead><tbody>",
+         <th scope=\"col\">Header hash</th><th scope=\"col\">Last full verification</th></tr></thead><tbody>",
     );
     for r in records.iter().rev() {
         b.push_str("<tr>");
@@ -445,7 +528,7 @@ fn backups_table(records: &[ManifestRecord], with_device: bool) -> String {
         }
         let _ = write!(
             b,
-            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code title=\"{}\">{}…</code></td></tr>",
+            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code title=\"{}\">{}…</code></td><td>{}</td></tr>",
             r.sequence,
             time(r.created),
             time(r.received_at),
@@ -453,20 +536,28 @@ fn backups_table(records: &[ManifestRecord], with_device: bool) -> String {
             bytes(r.total_pack_bytes),
             bytes(r.new_pack_bytes),
             esc(&r.header_hash),
-            esc(&r.header_hash.chars().take(16).collect::<String>())
+            esc(&r.header_hash.chars().take(16).collect::<String>()),
+            verification_cell(verifs.get(&(r.device_id.clone(), r.sequence)))
         );
     }
     b.push_str("</tbody></table></div>");
     b
 }
 
-/// Whether a device's catalogued backups form an unbroken chain 1..=n (the server checked
-/// each link, signature and pack on receipt).
-pub fn chain_complete(records: &[ManifestRecord]) -> bool {
-    records
+/// Whether a device's backups, kept (`records`) and pruned by retention (`pruned`), hold
+/// every sequence number from 1 to the newest (the server checked each link, signature and
+/// pack on receipt; pruned ones stay in the chain through their successors' signed links).
+pub fn chain_complete(records: &[ManifestRecord], pruned: &[u64]) -> bool {
+    let mut seqs: Vec<u64> = records
         .iter()
+        .map(|r| r.sequence)
+        .chain(pruned.iter().copied())
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs.iter()
         .enumerate()
-        .all(|(i, r)| u64::try_from(i + 1).is_ok_and(|n| n == r.sequence))
+        .all(|(i, s)| u64::try_from(i + 1).is_ok_and(|n| n == *s))
 }
 
 /// `GET /console/devices/{device}` (admin, operator, auditor): one device: identity,
@@ -478,15 +569,17 @@ pub async fn device(
 ) -> Result<HttpResponse, ConsoleError> {
     let id = path.into_inner();
     let wanted = id.clone();
-    let (found, backups) = state
+    let (found, backups, checks) = state
         .db
         .call(move |c| {
             let devices = list_devices(c, &DeviceFilter::default());
             let backups = list_manifests(c, Some(&wanted));
-            Ok((devices, backups))
+            let checks = backup_checks(c, Some(&wanted));
+            Ok((devices, backups, checks))
         })
         .await
         .map_err(|e| ConsoleError::internal("reading the device", &e))?;
+    let (verifs, pruned) = checks?;
     let devices = found.map_err(|e| ConsoleError::internal("reading the device", &e))?;
     let backups = backups.map_err(|e| ConsoleError::internal("reading the backups", &e))?;
     let Some(d) = devices.into_iter().find(|d| d.device_id == id) else {
@@ -582,21 +675,28 @@ pub async fn device(
         b.push_str("</tbody></table>");
     }
 
-    b.push_str("<h2>Backups</h2>");
+    let _ = write!(
+        b,
+        "<h2>Backups</h2><p><a href=\"/console/backups?device={}\">Backups page of this device</a> (restore requests)</p>",
+        url_part(&d.device_id)
+    );
     if backups.is_empty() {
         b.push_str("<p class=\"muted\">No backup received.</p>");
     } else {
         let _ = write!(
             b,
             "<p>Chain: {} · {} backups</p>",
-            if chain_complete(&backups) {
+            if chain_complete(
+                &backups,
+                pruned.get(&d.device_id).map_or(&[], Vec::as_slice)
+            ) {
                 "<span class=\"badge health-ok\">unbroken</span>"
             } else {
                 "<span class=\"badge health-failing\">gap</span>"
             },
             backups.len()
         );
-        b.push_str(&backups_table(&backups, false));
+        b.push_str(&backups_table(&backups, false, &verifs));
     }
     Ok(page(
         &auth,
@@ -699,7 +799,7 @@ pub async fn backups(
         .into_inner();
     let device = nonempty(&q.device).map(str::to_owned);
     let d = device.clone();
-    let (records, requests) = state
+    let (records, requests, checks) = state
         .db
         .call(move |c| {
             let records = list_manifests(c, d.as_deref());
@@ -707,13 +807,15 @@ pub async fn backups(
                 Some(dev) => super::audit::restore_requests(c, dev),
                 None => Ok(Vec::new()),
             };
-            Ok((records, requests))
+            let checks = backup_checks(c, d.as_deref());
+            Ok((records, requests, checks))
         })
         .await
         .map_err(|e| ConsoleError::internal("reading the backup catalog", &e))?;
     let records = records.map_err(|e| ConsoleError::internal("reading the backup catalog", &e))?;
     let requests =
         requests.map_err(|e| ConsoleError::internal("reading the restore requests", &e))?;
+    let (verifs, pruned) = checks?;
     let mut per_device: BTreeMap<&str, Vec<ManifestRecord>> = BTreeMap::new();
     for r in &records {
         per_device
@@ -728,18 +830,18 @@ pub async fn backups(
         b.push_str(
             "<div class=\"scroll\"><table id=\"backup-devices\"><thead><tr><th scope=\"col\">Device</th><th scope=\"col\">Backups</th>\
              <th scope=\"col\">Chain</th><th scope=\"col\">Latest size</th><th scope=\"col\">Stored (new bytes, all)</th>\
-             <th scope=\"col\">Last checked by the server</th></tr></thead><tbody>",
+             <th scope=\"col\">Latest received</th><th scope=\"col\">Last full verification</th></tr></thead><tbody>",
         );
         for (dev, rs) in &per_device {
             let stored: u64 = rs.iter().map(|r| r.new_pack_bytes).sum();
             let latest = rs.last();
             let _ = write!(
                 b,
-                "<tr><td><a href=\"/console/backups?device={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"/console/backups?device={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 url_part(dev),
                 esc(dev),
                 rs.len(),
-                if chain_complete(rs) {
+                if chain_complete(rs, pruned.get(*dev).map_or(&[], Vec::as_slice)) {
                     "<span class=\"badge health-ok\">unbroken</span>"
                 } else {
                     "<span class=\"badge health-failing\">gap</span>"
@@ -747,6 +849,24 @@ pub async fn backups(
                 latest.map(|r| bytes(r.total_pack_bytes)).unwrap_or_default(),
                 bytes(stored),
                 latest.map(|r| time(r.received_at)).unwrap_or_default(),
+                {
+                    let mine: Vec<&VerificationRecord> = verifs
+                        .values()
+                        .filter(|v| v.device_id == *dev)
+                        .collect();
+                    let newest = mine.iter().map(|v| v.verified_at).max();
+                    match newest {
+                        None => "<span class=\"muted\">not yet</span>".to_owned(),
+                        Some(t) => {
+                            let bad = mine.iter().filter(|v| !v.ok).count();
+                            if bad == 0 {
+                                format!("<span class=\"badge health-ok\">ok</span> {}", time(t))
+                            } else {
+                                format!("<span class=\"badge health-failing\">{bad} failed</span> {}", time(t))
+                            }
+                        }
+                    }
+                },
             );
         }
         b.push_str("</tbody></table></div>");
@@ -759,7 +879,7 @@ pub async fn backups(
             );
         }
         let _ = write!(b, "<h2>Backups of <code>{}</code></h2>", esc(dev));
-        b.push_str(&backups_table(&records, false));
+        b.push_str(&backups_table(&records, false, &verifs));
         if !requests.is_empty() {
             b.push_str("<h2>Restore requests</h2><table id=\"restore-requests\"><thead><tr><th scope=\"col\">When</th><th scope=\"col\">By</th><th scope=\"col\">Backup</th><th scope=\"col\">Reason</th></tr></thead><tbody>");
             for r in &requests {

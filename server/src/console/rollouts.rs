@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
 
 use super::auth::{ConsoleAuth, ConsoleError};
@@ -58,6 +58,30 @@ pub fn status_badge(s: Status) -> String {
 /// The link to a release's page.
 pub fn release_href(name: &str, version: &str) -> String {
     format!("/console/releases/{}/{}", url_part(name), url_part(version))
+}
+
+/// The entry of `target` in the newest signed targets metadata, pretty-printed, with that
+/// metadata's version; `None` when the target is not (or no longer) in it.
+pub fn signed_entry(conn: &Connection, target: &str) -> rusqlite::Result<Option<(i64, String)>> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT version, content FROM metadata_versions WHERE role = 'targets'
+             ORDER BY version DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((version, content)) = row else {
+        return Ok(None);
+    };
+    let v: serde_json::Value = serde_json::from_slice(&content).unwrap_or_default();
+    let entry = &v["signed"]["targets"][target];
+    if entry.is_null() {
+        return Ok(None);
+    }
+    Ok(serde_json::to_string_pretty(entry)
+        .ok()
+        .map(|text| (version, text)))
 }
 
 /// One point of the chart: time, signed percent, successes and failures reported so far.
@@ -233,7 +257,8 @@ pub fn chart(points: &[Point], now: i64) -> String {
     for (i, (label, color, f)) in series.iter().enumerate() {
         let _ = write!(
             svg,
-            "<polyline class=\"series\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2.5\" points=\"{}\"/>",
+            "<polyline class=\"series\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2.5\"{} points=\"{}\"/>",
+            if i == 0 { " stroke-dasharray=\"6 3\"" } else { "" },
             step(f.as_ref())
         );
         let lx = left + 170.0 * (i as f64);
@@ -320,16 +345,21 @@ pub async fn release(
 ) -> Result<HttpResponse, ConsoleError> {
     let (name, version) = path.into_inner();
     let (n, v) = (name.clone(), version.clone());
-    let (info, points) = state
+    let (info, points, entry) = state
         .db
         .call(move |c| {
             let info = rollout::show(c, &n, &v);
             let points = history(c, &n, &v);
-            Ok((info, points))
+            let entry = match &info {
+                Ok(i) => signed_entry(c, &i.target),
+                Err(_) => Ok(None),
+            };
+            Ok((info, points, entry))
         })
         .await
         .map_err(|e| ConsoleError::internal("reading the rollout", &e))?;
     let r = info.map_err(rollout_err)?;
+    let entry = entry.map_err(|e| ConsoleError::internal("reading the signed targets", &e))?;
     let points = points.map_err(|e| ConsoleError::internal("reading the rollout history", &e))?;
     let releases = state
         .repo
@@ -396,7 +426,19 @@ pub async fn release(
     if r.yanked {
         b.push_str("<dt>Yanked</dt><dd><span class=\"badge revoked\">yanked</span></dd>");
     }
-    b.push_str("</dl><h2>Progress</h2>");
+    b.push_str("</dl>");
+    match &entry {
+        Some((tv, text)) => {
+            let _ = write!(
+                b,
+                "<details><summary>Signed entry in targets version {tv} (hashes, length, custom fields)</summary>\
+                 <pre id=\"signed-entry\"><code>{}</code></pre></details>",
+                esc(text)
+            );
+        }
+        None => b.push_str("<p class=\"muted\">Not in the current signed targets metadata.</p>"),
+    }
+    b.push_str("<h2>Progress</h2>");
     b.push_str(&chart(&points, unix_now()));
     if auth.may(ManageRollouts::ROLES) && !r.yanked {
         b.push_str(&controls(&r, &auth.session.csrf));

@@ -21,7 +21,7 @@ use super::auth::{Auth, Policy};
 use super::error::ApiError;
 use super::AppState;
 use crate::audit::Actor;
-use crate::backups::gc::{prune as run_prune, GcError, PruneOptions};
+use crate::backups::gc::{plan_and_mark, sweep, GcError, PruneOptions};
 use crate::backups::quota::{admit_pack as admission, Admission};
 use crate::backups::verify::{verify as run_verify, VerifyError};
 use crate::db::unix_now;
@@ -71,6 +71,14 @@ fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest, allowed: &str) -> Re
         })
 }
 
+fn gc_err(e: GcError) -> ApiError {
+    match e {
+        GcError::UnknownDevice(_) => ApiError::not_found(e.to_string()),
+        GcError::Db(e) => ApiError::unavailable("the database", &e),
+        other => ApiError::internal("pruning backups", &other),
+    }
+}
+
 /// `POST /api/v1/backup-maintenance/prune` (admin).
 #[tracing::instrument(skip_all, fields(caller = auth.caller.id))]
 pub async fn prune(
@@ -85,22 +93,26 @@ pub async fn prune(
         now: unix_now(),
         grace_secs: state.backups.unreferenced_pack_grace_secs,
     };
-    // In this process, no manifest is being catalogued while the prune decides.
+    // In this process, no manifest is being catalogued while the prune decides and marks;
+    // the objects are deleted after, without holding up backups.
     let guard = state.backup_lock.lock().await;
-    let report = run_prune(
-        &state.db,
-        &state.store,
-        &state.backups.retention,
-        opts,
+    let (retention, o, actor) = (
+        state.backups.retention.clone(),
+        opts.clone(),
         Actor::token(auth.caller.id),
-    )
-    .await;
+    );
+    let planned = state
+        .db
+        .call(move |c| Ok(plan_and_mark(c, &retention, &o, &actor)))
+        .await
+        .map_err(|e| ApiError::unavailable("the database", &e))?;
     drop(guard);
-    let report = report.map_err(|e| match e {
-        GcError::UnknownDevice(_) => ApiError::not_found(e.to_string()),
-        GcError::Db(e) => ApiError::unavailable("the database", &e),
-        other => ApiError::internal("pruning backups", &other),
-    })?;
+    let mut report = planned.map_err(gc_err)?;
+    if !opts.dry_run {
+        report.store_errors = sweep(&state.db, &state.store, opts.device.as_deref())
+            .await
+            .map_err(gc_err)?;
+    }
     tracing::info!(
         dry_run = report.dry_run,
         pruned = report.manifests_pruned,

@@ -14,10 +14,12 @@
 //!   one byte range (`Range`, 206). Another device's pack, or a pack no manifest names yet,
 //!   is `backup_pack_not_found` (404): a device reads back only its own backups.
 //! - `POST /api/v1/device/backups/manifests`: the body is a serialized `SignedManifest`;
-//!   201 with `{countersignature, device_id, sequence, header_hash, total_pack_bytes,
-//!   new_pack_bytes}`, 200 with the same receipt when the same manifest comes again.
+//!   201 with `{countersignature, device_id, sequence, header_hash, receipt_public_key}`,
+//!   200 with the same receipt when the same manifest comes again.
 //! - `GET /api/v1/device/backups/manifests`: `{sequences, receipts: [{sequence,
-//!   header_hash, countersignature}], receipt_public_key}` for the device's own manifests;
+//!   header_hash, countersignature}], receipt_public_key, pruned: [{sequence, header,
+//!   header_hash, countersignature, pruned_at}]}` for the device's own manifests (`pruned`:
+//!   those retention removed, whose headers link the chain across the gaps);
 //!   `GET /api/v1/device/backups/manifests/{sequence}`: one of them, as stored.
 //! - `GET /api/v1/backups[?device=D]` and `GET /api/v1/backups/{device}/{sequence}`
 //!   (admin, operator, auditor, restorer).
@@ -343,6 +345,7 @@ pub async fn post_manifest(
         Received::Duplicate(cs) => {
             return Ok(receipt(
                 StatusCode::OK,
+                &state,
                 &sender,
                 header.sequence,
                 &header_hash,
@@ -394,6 +397,7 @@ pub async fn post_manifest(
     );
     Ok(receipt(
         StatusCode::CREATED,
+        &state,
         &sender,
         header.sequence,
         &header_hash,
@@ -403,6 +407,7 @@ pub async fn post_manifest(
 
 fn receipt(
     status: StatusCode,
+    state: &AppState,
     device: &str,
     sequence: u64,
     header_hash: &str,
@@ -415,6 +420,7 @@ fn receipt(
             "sequence": sequence,
             "header_hash": header_hash,
             "countersignature": cs,
+            "receipt_public_key": hex::encode(state.receipt_key.public_bytes()),
         }))
 }
 
@@ -510,12 +516,22 @@ pub async fn own_manifests(
             })
         })
         .collect();
+    // Manifests removed by retention: their headers and receipts link the chain across
+    // the gaps (see backups::gc).
+    let id = device.device_id.clone();
+    let pruned = state
+        .db
+        .call(move |c| Ok(crate::backups::gc::pruned_links(c, &id)))
+        .await
+        .map_err(db_err)?
+        .map_err(backup_err)?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({
             "sequences": sequences,
             "receipts": receipts,
             "receipt_public_key": hex::encode(state.receipt_key.public_bytes()),
+            "pruned": pruned,
         })))
 }
 

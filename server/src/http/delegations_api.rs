@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::releases::repo_err;
 use super::upload::{declared_length, spool_body};
 use super::AppState;
+use crate::audit::Actor;
 use crate::metrics::{record_publish, PublishKind};
 use crate::repo::delegated::{
     check_role_name, check_target_path, DelegatedError, DelegationSpec,
@@ -97,7 +98,7 @@ pub async fn declare(
     })?;
     let (declared, versions) = state
         .repo
-        .declare_delegation(spec)
+        .declare_delegation(spec, &Actor::token(auth.caller.id))
         .await
         .map_err(delegated_err)?;
     record_publish(PublishKind::Delegation);
@@ -128,7 +129,7 @@ pub async fn remove(
     let name = name.into_inner();
     let versions = state
         .repo
-        .remove_delegation(&name)
+        .remove_delegation(&name, &Actor::token(auth.caller.id))
         .await
         .map_err(delegated_err)?;
     record_publish(PublishKind::Delegation);
@@ -173,7 +174,7 @@ pub async fn upload_metadata(
     }
     let (version, versions) = state
         .repo
-        .accept_delegated(&name, bytes)
+        .accept_delegated(&name, bytes, &Actor::token(auth.caller.id))
         .await
         .map_err(delegated_err)?;
     record_publish(PublishKind::DelegatedRole);
@@ -235,7 +236,14 @@ pub async fn upload_target(
     ]);
     let stored = state
         .repo
-        .store_delegated_target(&name, &target, spooled.file.path(), spooled.length, hashes)
+        .store_delegated_target(
+            &name,
+            &target,
+            spooled.file.path(),
+            spooled.length,
+            hashes,
+            &Actor::token(auth.caller.id),
+        )
         .await
         .map_err(delegated_err)?;
     drop(spooled);

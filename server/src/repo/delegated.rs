@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::build::{self, Lifetimes, OnlineKeys, RepoState, SignedFile, TopRole};
 use super::names::TargetName;
 use super::{RepoError, Repository, Versions};
+use crate::audit::{self, Actor};
 use crate::db::DbError;
 use crate::store::{metadata_key, object_path, target_key};
 
@@ -533,6 +534,7 @@ impl Repository {
     pub async fn declare_delegation(
         &self,
         spec: DelegationSpec,
+        actor: &Actor,
     ) -> Result<(Declared, Versions), DelegatedError> {
         let mut state = self.state.lock().await;
         let (role, role_keys) = check_spec(&spec, &Self::own_key_ids(&state))?;
@@ -606,8 +608,29 @@ impl Repository {
         )
         .map_err(|e| DelegatedError::InvalidDelegation(e.to_string()))?;
         build::verify_state(&next).map_err(RepoError::Inconsistent)?;
+        let (actor, subject) = (actor.clone(), format!("delegation:{name}"));
+        let details = serde_json::json!({
+            "keyids": role.keyids,
+            "threshold": role.threshold,
+            "paths": role.paths,
+            "terminating": role.terminating,
+            "replaced": existing,
+            "metadata_dropped": drop_served,
+            "targets_version": next.targets.version(),
+        });
         let versions = self
-            .commit_and_publish(&mut state, next, changed, now, |_| Ok(true))
+            .commit_and_publish(&mut state, next, changed, now, move |tx| {
+                audit::append(
+                    tx,
+                    &actor,
+                    "delegation.declare",
+                    &subject,
+                    &details,
+                    now.unix(),
+                )
+                .map_err(audit::db_error)?;
+                Ok(true)
+            })
             .await?
             .ok_or_else(|| RepoError::Inconsistent("the delegation was not committed".into()))?;
         let n = name.clone();
@@ -632,7 +655,11 @@ impl Repository {
     /// Removes a delegation from the top-level targets and its metadata from the snapshot.
     /// Its accepted versions stay recorded: a later delegation of the same name must start
     /// above them.
-    pub async fn remove_delegation(&self, name: &str) -> Result<Versions, DelegatedError> {
+    pub async fn remove_delegation(
+        &self,
+        name: &str,
+        actor: &Actor,
+    ) -> Result<Versions, DelegatedError> {
         check_role_name(name)?;
         let mut state = self.state.lock().await;
         if find_role(state.targets.signed(), name).is_none() {
@@ -665,8 +692,21 @@ impl Repository {
             "signing targets without the delegation",
         ))?;
         build::verify_state(&next).map_err(RepoError::Inconsistent)?;
+        let (actor, subject) = (actor.clone(), format!("delegation:{name}"));
+        let details = serde_json::json!({"targets_version": next.targets.version()});
         let versions = self
-            .commit_and_publish(&mut state, next, changed, now, |_| Ok(true))
+            .commit_and_publish(&mut state, next, changed, now, move |tx| {
+                audit::append(
+                    tx,
+                    &actor,
+                    "delegation.remove",
+                    &subject,
+                    &details,
+                    now.unix(),
+                )
+                .map_err(audit::db_error)?;
+                Ok(true)
+            })
             .await?
             .ok_or_else(|| RepoError::Inconsistent("the removal was not committed".into()))?;
         tracing::info!(role = %name, targets = versions.targets, "delegation removed");
@@ -682,6 +722,7 @@ impl Repository {
         file: &std::path::Path,
         length: u64,
         hashes: BTreeMap<String, String>,
+        actor: &Actor,
     ) -> Result<StoredTarget, DelegatedError> {
         check_role_name(role_name)?;
         check_target_path(path)?;
@@ -704,6 +745,22 @@ impl Repository {
             .ok_or_else(|| RepoError::Inconsistent("an upload without its SHA-256".into()))?;
         self.store
             .put_file(&target_key(&format!("{sha}.{path}")), file)
+            .await?;
+        let (actor, subject) = (actor.clone(), format!("delegation:{role_name}"));
+        let details = serde_json::json!({"target": path, "length": length, "sha256": sha});
+        self.db
+            .call(move |c| {
+                audit::append(
+                    c,
+                    &actor,
+                    "delegation.target",
+                    &subject,
+                    &details,
+                    UtcTime::now().unix(),
+                )
+                .map_err(audit::db_error)?;
+                Ok(())
+            })
             .await?;
         tracing::info!(role = %role_name, target = %path, length, "delegated target stored");
         Ok(StoredTarget {
@@ -775,6 +832,7 @@ impl Repository {
         &self,
         role_name: &str,
         bytes: Vec<u8>,
+        actor: &Actor,
     ) -> Result<(u64, Versions), DelegatedError> {
         check_role_name(role_name)?;
         let mut state = self.state.lock().await;
@@ -813,11 +871,27 @@ impl Repository {
             )
             .await?;
         let n = role_name.to_owned();
+        let actor = actor.clone();
+        let details = serde_json::json!({
+            "version": version,
+            "sha256": otter_keys::hash::sha256_hex(&bytes),
+            "targets": md.signed().targets.keys().collect::<Vec<_>>(),
+            "snapshot_version": next.snapshot.version(),
+        });
         let versions = self
             .commit_and_publish(&mut state, next, changed, now, move |tx| {
                 if highest_version(tx, &n)?.is_some_and(|h| h >= version) {
                     return Ok(false);
                 }
+                audit::append(
+                    tx,
+                    &actor,
+                    "delegation.upload",
+                    &format!("delegation:{n}"),
+                    &details,
+                    now.unix(),
+                )
+                .map_err(audit::db_error)?;
                 tx.execute(
                     "INSERT INTO metadata_versions (role, version, expires, length, sha256, content, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod delegated;
+pub mod deltas;
 pub mod dev;
 pub mod names;
 pub mod production;
@@ -169,6 +170,8 @@ pub struct Repository {
     keys: OnlineKeys,
     lifetimes: Lifetimes,
     mode: RepoMode,
+    /// Which deltas a publish builds (`[deltas]`).
+    deltas: deltas::DeltasConfig,
     state: Mutex<RepoState>,
     /// Set when the database holds versions the store may lack (a write failed).
     store_behind: AtomicBool,
@@ -225,6 +228,7 @@ impl Repository {
             keys,
             lifetimes,
             mode,
+            deltas: config.deltas.clone(),
             state: Mutex::new(state),
             store_behind: AtomicBool::new(true),
         };

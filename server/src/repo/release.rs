@@ -129,6 +129,12 @@ impl Repository {
         self.store
             .put_file(&target_key(&format!("{sha256}.{target}")), &r.file)
             .await?;
+        // Deltas from the previous versions, stored the same way, signed in the same
+        // targets version (docs/deltas.md).
+        let deltas = self
+            .build_deltas(&state, &m.name, &m.version, &target, &sha256, &r.file)
+            .await;
+        let delta_names: Vec<String> = deltas.iter().map(|d| d.name.clone()).collect();
         let now = UtcTime::now();
         let entry = TargetFile {
             length: r.length,
@@ -142,6 +148,9 @@ impl Repository {
             &state,
             |t| {
                 t.targets.insert(target.clone(), entry);
+                for d in &deltas {
+                    t.targets.insert(d.name.clone(), d.entry.clone());
+                }
             },
             &self.keys,
             now,
@@ -213,6 +222,7 @@ impl Repository {
                         "hardware": row.hardware,
                         "rollout": rollout.signed(),
                         "targets_version": row.targets_version,
+                        "deltas": delta_names,
                     }),
                     row.published_at,
                 )
@@ -266,6 +276,7 @@ impl Repository {
             &state,
             |t| {
                 t.targets.remove(&target);
+                super::deltas::remove_touching(t, &target);
             },
             &self.keys,
             now,

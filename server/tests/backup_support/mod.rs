@@ -36,7 +36,10 @@ pub fn cli(config_file: &Path, args: &[&str]) -> std::process::Output {
 /// Writes `extra` TOML after `data_dir` to `DIR/server.toml`, and parses it as the
 /// in-process server's configuration (one worker, quick shutdown).
 pub fn config_file(dir: &Path, extra: &str) -> (PathBuf, otter_server::Config) {
-    let text = format!("data_dir = {:?}\n{extra}", dir.join("data").display().to_string());
+    let text = format!(
+        "data_dir = {:?}\n{extra}",
+        dir.join("data").display().to_string()
+    );
     let file = dir.join("server.toml");
     std::fs::write(&file, &text).unwrap();
     let mut cfg = otter_server::Config::from_toml(&text, &file).unwrap();

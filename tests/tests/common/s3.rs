@@ -69,7 +69,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A key prefix no other test (or earlier run) uses: `NAME-PID-NANOS-N`.
+/// A key prefix no other test (or earlier run) uses: `NAME-N-HEX`. Short: s3s-fs keeps a
+/// multipart upload's state in a file named after the base64 of bucket and key, and file
+/// names stop at 255 bytes, so its keys must stay under about 130 bytes.
 pub fn unique_prefix(name: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
@@ -77,9 +79,9 @@ pub fn unique_prefix(name: &str) -> String {
         .unwrap()
         .subsec_nanos();
     format!(
-        "{name}-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
+        "{name}-{}-{:x}",
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos ^ (std::process::id() << 12)
     )
 }
 
@@ -105,7 +107,7 @@ impl S3Server {
         }
         let bin = s3s_fs_binary();
         let root = tempfile::tempdir().unwrap();
-        let bucket = "otter-test".to_owned();
+        let bucket = "otter".to_owned();
         std::fs::create_dir(root.path().join(&bucket)).unwrap();
         let access_key = format!("AKOTTER{}", std::process::id());
         let secret_key = format!("s3-secret-{}", unique_prefix("key"));

@@ -117,6 +117,11 @@ impl Browser {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let url = format!("{}{}", self.base, path);
         let req = match method {
             "GET" => self.http.get(&url),
@@ -126,13 +131,62 @@ impl Browser {
                 .post(&url)
                 .json(&body.unwrap_or_else(|| json!({}))),
         };
-        let r = req
-            .send()
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let r = req.send().map_err(|e| format!("{method} {path}: {e}"))?;
         let status = r.status();
         let v: Value = r.json().unwrap_or(Value::Null);
-        assert!(status.is_success(), "{method} {path}: {status} {v}");
-        v["value"].clone()
+        if !status.is_success() {
+            return Err(format!("{method} {path}: {status} {v}"));
+        }
+        Ok(v["value"].clone())
+    }
+
+    /// The rendered text of the element matching `css`, waiting up to 10 s for it to be
+    /// there (a click that submits a form may still be loading the next page).
+    pub fn wait_text(&self, css: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .try_call(
+                    "POST",
+                    &self.s("/elements"),
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .ok()
+                .and_then(|v| v.as_array().and_then(|a| a.first().cloned()))
+                .and_then(|e| {
+                    e.as_object()
+                        .and_then(|o| o.values().next())
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                });
+            if let Some(el) = found {
+                if let Ok(t) = self.try_call("GET", &self.s(&format!("/element/{el}/text")), None) {
+                    return t.as_str().unwrap_or("").to_owned();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no element {css:?} on {}",
+                self.url()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits up to 10 s for the current URL to end with `suffix`; returns it.
+    pub fn wait_url(&self, suffix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let u = self.url();
+            if u.ends_with(suffix) {
+                return u;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the URL stays {u}, expected ...{suffix}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn s(&self, rest: &str) -> String {

@@ -1,9 +1,10 @@
 //! `otter-keys`: the offline key ceremony for an Otter repository.
 //!
 //! One file per subcommand: `init`, `root` (rotate), `sign`, `verify`, `inspect`, `key`,
-//! `recovery_key`; `passphrase` gets secrets from a file, the environment or a prompt;
+//! `recovery_key`, `backup` (re-encrypt a backup for a replacement terminal); `passphrase` gets secrets from a file, the environment or a prompt;
 //! `repo` reads and writes the files of a key directory.
 
+mod backup;
 mod init;
 mod inspect;
 mod key;
@@ -71,6 +72,10 @@ enum Command {
     /// The fleet's backup recovery key (age X25519).
     #[command(subcommand, name = "recovery-key")]
     RecoveryKey(recovery_key::RecoveryKeyCommand),
+    /// Backups: re-encrypt a terminal's backup for a replacement terminal, with the
+    /// recovery key.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Key(c) => key::run(c, &cli.secrets),
         Command::RecoveryKey(c) => recovery_key::run(c, &cli.secrets),
+        Command::Backup(c) => backup::run(c, &cli.secrets),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
