@@ -101,8 +101,12 @@ pub struct UpdateConfig {
     pub window_time: TimeBasis,
     /// Attempts per download within one poll (a cut connection is resumed).
     pub download_attempts: u32,
-    /// Only download; never apply (an operator applies with `otter-agent update`).
+    /// `run` only downloads, never applies (an operator applies with `otter-agent update`).
     pub download_only: bool,
+    /// A metered link: never fall back to a full download of an installed component; only
+    /// a signed delta from the installed version is used, else the update waits (reported).
+    /// A component not installed yet is still downloaded in full (docs/deltas.md).
+    pub metered: bool,
 }
 
 impl Default for UpdateConfig {
@@ -117,6 +121,7 @@ impl Default for UpdateConfig {
             window_time: TimeBasis::Local,
             download_attempts: 3,
             download_only: false,
+            metered: false,
         }
     }
 }

@@ -284,6 +284,7 @@ pub fn run(
             &PassOptions {
                 progress: opts.progress,
                 cancel: Some(stop.clone()),
+                download_only: cfg.update.download_only,
                 ..PassOptions::default()
             },
         );

@@ -16,12 +16,14 @@
 //!   scheduled backups); [`status`]: the agent's status file; [`config`]: the agent's TOML
 //!   configuration and maintenance windows.
 //!
-//! Still to come (see the agent issue): deltas.
+//! - [`delta`]: updates through signed deltas from the installed version, rebuilt and
+//!   verified against the signed hash before use, with the fall-back to the full download.
 
 pub mod apply;
 pub mod backup;
 pub mod config;
 pub mod daemon;
+pub mod delta;
 pub mod device;
 pub mod download;
 pub mod select;

@@ -6,6 +6,7 @@
 //! `config` checks the agent's configuration (see docs/agent.md).
 
 mod daemon_cmd;
+mod delta_cmd;
 mod restore_cmd;
 
 use std::path::PathBuf;
@@ -58,6 +59,9 @@ enum Command {
     /// Check or print the agent's configuration file.
     #[command(subcommand)]
     Config(daemon_cmd::ConfigAction),
+    /// Rebuild a file from a base and an Otter delta (operators, benchmarks).
+    #[command(subcommand)]
+    Delta(delta_cmd::DeltaCommand),
 }
 
 /// Options of `otter-agent enroll`.
@@ -378,6 +382,7 @@ fn main() -> ExitCode {
         Command::Run(a) => daemon_cmd::run(a),
         Command::Status(a) => daemon_cmd::status(a),
         Command::Config(a) => daemon_cmd::config(a),
+        Command::Delta(a) => delta_cmd::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -247,6 +247,10 @@ fn server_options(
         }
     };
     Ok(RestoreOptions {
+        // Retention on the server prunes old backups: the chain may start later and have
+        // gaps; every manifest is still checked against the server's countersignature.
+        allow_pruned_prefix: true,
+        allow_pruned_gaps: true,
         known_head,
         receipts: Some(ReceiptCheck {
             server_key: receipts.receipt_public_key,
@@ -363,6 +367,7 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
             let options = RestoreOptions {
                 reencrypted: Some(Reencrypted { bodies }),
                 allow_pruned_prefix: true,
+                allow_pruned_gaps: true,
                 progress,
                 ..RestoreOptions::default()
             };

@@ -428,6 +428,10 @@ pub fn choose_update(
     let mut notes = BTreeSet::new();
     let mut best: BTreeMap<String, (String, &TargetFile, TargetCustom)> = BTreeMap::new();
     for (name, file) in targets {
+        // Delta targets are never installed as such (crate::delta uses them).
+        if otter_delta::is_delta_target_name(name) {
+            continue;
+        }
         if count.get(name.as_str()).copied().unwrap_or(0) > 1 {
             notes.insert(Note {
                 target: name.clone(),

@@ -350,7 +350,7 @@ fn pass(
             .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
     };
     let windows = &cfg.update.maintenance_windows;
-    let download_only = opts.download_only || cfg.update.download_only;
+    let download_only = opts.download_only;
     status.waiting.clear();
     for u in &decision.updates {
         if stopping() {
@@ -390,15 +390,22 @@ fn pass(
                 continue;
             }
         };
-        let got = match download::download_target(
+        let got = match crate::delta::fetch_update(
+            &updater,
             &dl_fetcher,
-            &url,
-            &u.target,
-            &u.file,
+            state_dir,
             &downloads,
+            u,
+            &url,
+            &targets,
             &dl_opts,
+            cfg.update.metered,
+            status,
+            report,
         ) {
-            Ok(d) => d,
+            Ok(Some(d)) => d,
+            // Metered and no usable delta: waiting (reported by fetch_update).
+            Ok(None) => continue,
             Err(e @ download::DownloadError::Cancelled { .. }) => {
                 report.lines.push(describe(&e));
                 break;
@@ -428,7 +435,7 @@ fn pass(
             reason,
         };
         if download_only {
-            let w = wait("downloaded only (download_only); apply with otter-agent update".into());
+            let w = wait("downloaded only; apply with otter-agent update".into());
             report.lines.push(format!("waiting: {}", w.reason));
             status.waiting.push(w.clone());
             report.waiting.push(w);
@@ -489,8 +496,8 @@ fn pass(
                 fail(status, report, describe(&e));
             }
         }
-        // Applied or refused: the bundle's bytes are not needed any more.
-        let _ = std::fs::remove_file(&got.path);
+        // Applied: kept as the next delta's base; refused: removed.
+        crate::delta::after_install(state_dir, &applier, u, &got.path);
     }
     report.installed = Some(
         applier

@@ -170,7 +170,10 @@ fn a_health_check_past_its_deadline_is_killed_and_rolled_back() {
     let s1 = Spec::new("reader", "1.0.0");
     a.install(&s1.build(work.path()), &s1.expected()).unwrap();
     let slow = Spec::new("reader", "1.0.1")
-        .script("bin/health", "sleep 30")
+        .script(
+            "bin/health",
+            "sleep 30 & echo $! > \"$OTTER_INSTALL_ROOT/../sleeper.pid\"; wait",
+        )
         .health(&["bin/health"]);
     let started = std::time::Instant::now();
     let o = a
@@ -187,6 +190,23 @@ fn a_health_check_past_its_deadline_is_killed_and_rolled_back() {
     assert!(reason.contains("did not finish within"), "{reason}");
     assert_eq!(to, Some(v("1.0.0")));
     assert_eq!(read_tree(&current(&root, "reader")), s1.tree());
+    // The whole process group was killed, the shell's own child too.
+    let pid = std::fs::read_to_string(work.path().join("sleeper.pid")).unwrap();
+    let stat = format!("/proc/{}/stat", pid.trim());
+    let gone = (0..100).any(|_| {
+        let alive = std::fs::read_to_string(&stat)
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false);
+        if alive {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        !alive
+    });
+    assert!(
+        gone,
+        "the health check's child {} outlived its deadline",
+        pid.trim()
+    );
 }
 
 #[test]

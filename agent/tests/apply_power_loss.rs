@@ -319,8 +319,9 @@ fn power_loss_trials() {
         }
     }
     println!(
-        "apply power loss: outcomes {tally:?}; recovered from {recovered:?}; {:?}",
-        started.elapsed()
+        "apply power loss: outcomes {tally:?}; recovered from {recovered:?}; {:?}; kill spans at the end {:?}",
+        started.elapsed(),
+        spans.lock().unwrap().map(|(d, _, _)| d)
     );
     assert_eq!(results.len(), trials);
     if trials >= 50 {

@@ -207,7 +207,8 @@ pub struct DeviceCounts {
     pub active: u64,
     /// Revoked devices.
     pub revoked: u64,
-    /// (component, version) -> active devices reporting it installed.
+    /// (component, version) -> active devices reporting it installed; the most common
+    /// pairs only (devices choose these strings, so their number is capped).
     pub installed: BTreeMap<(String, String), u64>,
     /// (release as `NAME/VERSION`, result) -> devices whose last reported outcome it is.
     pub outcomes: BTreeMap<(String, String), u64>,
@@ -253,9 +254,10 @@ pub fn device_counts(conn: &rusqlite::Connection) -> Result<DeviceCounts, rusqli
     let mut stmt = conn.prepare(
         "SELECT j.key, j.value, COUNT(*) FROM devices, json_each(devices.last_report, '$.installed') AS j
          WHERE devices.revoked_at IS NULL AND json_valid(devices.last_report)
-         GROUP BY j.key, j.value",
+         GROUP BY j.key, j.value ORDER BY COUNT(*) DESC, j.key, j.value LIMIT ?1",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let cap = i64::try_from(MAX_LABEL_VALUES).unwrap_or(i64::MAX);
+    let rows = stmt.query_map([cap], |r| {
         let version: rusqlite::types::Value = r.get(1)?;
         let version = match version {
             rusqlite::types::Value::Text(s) => s,
@@ -468,6 +470,23 @@ pub fn render(devices: Option<&DeviceCounts>) -> String {
                 escape_label(status)
             );
         }
+    }
+    o
+}
+
+/// Renders `otter_metadata_expires_timestamp_seconds{role}` for the served metadata (from
+/// [`crate::repo::Repository::expiries`]).
+pub fn render_expiries(expiries: &[(String, i64)]) -> String {
+    let mut o = String::from(
+        "# HELP otter_metadata_expires_timestamp_seconds When the served metadata of a role expires (Unix seconds); delegated roles included.\n\
+         # TYPE otter_metadata_expires_timestamp_seconds gauge\n",
+    );
+    for (role, at) in expiries {
+        let _ = writeln!(
+            o,
+            "otter_metadata_expires_timestamp_seconds{{role=\"{}\"}} {at}",
+            escape_label(role)
+        );
     }
     o
 }

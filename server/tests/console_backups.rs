@@ -227,6 +227,14 @@ fn restore_requests_audit_log_and_security_events() {
                 && html.contains("/opt/pos/bin/app")
                 && html.contains(&dev.id)
         );
+        // Every page's navigation shows the alert: one device reports security events.
+        let (_, _, html) = get(&c, &srv, "/console/backups", Some(&au.cookie)).await;
+        assert!(
+            html.contains(
+                "id=\"alert-count\" title=\"devices reporting security events\">1</span>"
+            ),
+            "{html}"
+        );
         srv.stop().await;
     });
 }

@@ -204,6 +204,26 @@ fn an_operator_drives_a_rollout_from_the_console() {
         assert!(html.contains("was aborted") || html.contains("cannot be changed"));
         assert!(!html.contains("id=\"pause\""));
 
+        // A newer version is published with a delta from 2.0.0: its page lists it.
+        let (s, v) = publish(
+            &api_client,
+            &srv,
+            &admin,
+            bundle("pos-app", "2.1.0", &[("bin/app", b"app 2.1")]),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let (st, _, html) = get(
+            &c,
+            &srv,
+            "/console/releases/pos-app/2.1.0",
+            Some(&op.cookie),
+        )
+        .await;
+        assert_eq!(st, 200);
+        let deltas = &html[html.find("id=\"deltas\"").expect("a deltas table")..];
+        assert!(deltas.contains("pos-app-2.0.0"), "{deltas}");
+
         // Unknown releases: 404 on the page and on the controls.
         let (st, _, _) = get(
             &c,

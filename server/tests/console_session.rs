@@ -133,6 +133,20 @@ fn sign_in_sign_out_and_csrf() {
         .await;
         assert_eq!(st, 403);
 
+        // Forms are small: an oversized post is refused before it is read.
+        let big = "x".repeat(20_000);
+        let (st, _, _) = post(
+            &c,
+            &srv,
+            "/console/logout",
+            Some(&s.cookie),
+            &[("csrf", &s.csrf), ("pad", &big)],
+        )
+        .await;
+        assert_eq!(st, 413);
+        let (st, _, _) = get(&c, &srv, "/console/fleet", Some(&s.cookie)).await;
+        assert_eq!(st, 200);
+
         // A post without a session at all: 401.
         let (st, _, _) = post(&c, &srv, "/console/logout", None, &[("csrf", &s.csrf)]).await;
         assert_eq!(st, 401);
@@ -323,6 +337,9 @@ fn fleet_filters_and_device_pages_escape_what_devices_send() {
         assert!(page.contains("file_changed") && page.contains("1.2.3") && page.contains("lane-1"));
         assert!(!page.contains("<script>alert") && !page.contains("<img src=x"));
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img src=x&gt;"));
+        let (st, _, page) = get(&c, &srv, "/console/security", Some(&s.cookie)).await;
+        assert_eq!(st, 200);
+        assert!(!page.contains("<script>alert") && page.contains("&lt;script&gt;alert(1)"));
         let (st, _, _) = get(&c, &srv, "/console/devices/nope", Some(&s.cookie)).await;
         assert_eq!(st, 404);
         srv.stop().await;

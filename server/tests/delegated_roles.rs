@@ -3,14 +3,15 @@
 //! vendor's file, the vendor signs the role's metadata offline with the real `otter-keys
 //! sign` and the publisher uploads it. The server serves it at `VERSION.ROLE.json`, names it
 //! in the snapshot, and `otter-keys verify` accepts the whole repository, the delegated
-//! role included; python-tuf's `ngclient.Updater` finds the target through the delegation
-//! and downloads it. Bad signatures, too few signatures, rollbacks, expired metadata, paths
+//! role included; python-tuf's `ngclient.Updater` and `otter-agent tuf` find the target
+//! through the delegation and download it. Bad signatures, too few signatures, rollbacks, expired metadata, paths
 //! outside the delegation, unstored targets, unknown roles and traversal in role names are
 //! refused with JSON 4xx errors, and change nothing. Every change is in the audit log; a
 //! store that lost the role's file gets it back from the database on the next start.
 //!
-//! Needs the `otter-keys` binary in the target dir (built by `cargo test --workspace`, or
-//! `cargo build -p otter-keys`) and the python-tuf venv (`scripts/python-venv.sh`).
+//! Needs the `otter-keys` and `otter-agent` binaries in the target dir (built by `cargo test
+//! --workspace`, or `cargo build --workspace`) and the python-tuf venv
+//! (`scripts/python-venv.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -32,16 +33,13 @@ const PASS: &str = "vendor passphrase";
 const ROLE: &str = "card-reader";
 const DRIVER: &str = "cardreader-2.1.0.bin";
 
-fn otter_keys_bin() -> PathBuf {
+/// A binary of another workspace crate, from the target dir.
+fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("otter-keys");
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build -p otter-keys` (or the whole workspace) first",
+        "{} is missing: run `cargo build --workspace` first",
         path.display()
     );
     path
@@ -49,7 +47,7 @@ fn otter_keys_bin() -> PathBuf {
 
 /// Runs `otter-keys ARGS` and returns (success, stdout + stderr).
 fn otter_keys(args: &[&str]) -> (bool, String) {
-    let out = Command::new(otter_keys_bin())
+    let out = Command::new(workspace_bin("otter-keys"))
         .args(args)
         .env("OTTER_KEYS_PASSPHRASE", PASS)
         .env("OTTER_KEYS_SCRYPT_LOG_N", "10")
@@ -572,6 +570,22 @@ fn a_vendor_signed_role_is_checked_served_and_verifies() {
         let served = get_ok(&c, &srv.url(&format!("/repo/metadata/1.{ROLE}.json"))).await;
         assert_eq!(served, good);
         otter_keys::hash::verify(&served, m.length, m.hashes.as_ref().unwrap()).unwrap();
+        // Its expiry is watched in /metrics.
+        let r = c
+            .get(srv.url("/metrics"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains(&format!(
+                "otter_metadata_expires_timestamp_seconds{{role=\"{ROLE}\"}} {}\n",
+                later.unix()
+            )),
+            "{text}"
+        );
         // The same version again is a rollback.
         let (s, v) = put(&c, &srv, &publisher, good.clone()).await;
         assert_eq!(
@@ -654,6 +668,49 @@ fn a_vendor_signed_role_is_checked_served_and_verifies() {
         );
         let path = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         assert_eq!(std::fs::read(&path).unwrap(), driver);
+
+        // So does Otter's own client, `otter-agent tuf`.
+        let agent = workspace_bin("otter-agent");
+        let md = work.join("agent-metadata");
+        let agent_out = work.join("agent-downloads");
+        std::fs::create_dir_all(&md).unwrap();
+        std::fs::create_dir_all(&agent_out).unwrap();
+        let run_agent = |args: Vec<String>| {
+            let out = Command::new(&agent).args(&args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "otter-agent {args:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let md_arg = md.display().to_string();
+        run_agent(vec![
+            "tuf".into(),
+            "--metadata-dir".into(),
+            md_arg.clone(),
+            "init".into(),
+            root.clone(),
+        ]);
+        run_agent(vec![
+            "tuf".into(),
+            "--metadata-dir".into(),
+            md_arg,
+            "--metadata-url".into(),
+            srv.url("/repo/metadata"),
+            "--target-base-url".into(),
+            srv.url("/repo/targets"),
+            "--target-dir".into(),
+            agent_out.display().to_string(),
+            "--target-name".into(),
+            DRIVER.into(),
+            "download".into(),
+        ]);
+        assert_eq!(std::fs::read(agent_out.join(DRIVER)).unwrap(), driver);
+        assert_eq!(
+            std::fs::read(md.join(format!("{ROLE}.json"))).unwrap(),
+            good
+        );
 
         // Version 2 replaces it; the list shows what is served.
         let v2 = sign_file(

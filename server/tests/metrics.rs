@@ -261,6 +261,11 @@ fn metrics_parse_and_move_with_requests() {
             ) >= 1.0
         );
         assert!(after.keys().all(|k| !k.contains("99.snapshot")));
+        let now = otter_keys::time::UtcTime::now().unix() as f64;
+        for role in ["root", "targets", "snapshot", "timestamp"] {
+            let series = format!("otter_metadata_expires_timestamp_seconds{{role=\"{role}\"}}");
+            assert!(get(&after, &series) > now, "{series}");
+        }
         srv.stop().await;
     });
 }

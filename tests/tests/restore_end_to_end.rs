@@ -143,6 +143,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with_config("")
+    }
+
+    /// A setup whose server configuration has `extra` after the `[backups]` section.
+    fn with_config(extra: &str) -> Setup {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("server-data");
         let recovery = Identity::generate();
@@ -150,7 +155,7 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "[backups]\nrecovery_recipient = \"{}\"\n",
+                "[backups]\nrecovery_recipient = \"{}\"\n{extra}",
                 recovery.to_public()
             ),
         )
@@ -777,4 +782,38 @@ fn hex_of_other_key() -> String {
         s.push_str(&format!("{b:02x}"));
     }
     s
+}
+
+#[test]
+fn a_chain_pruned_by_the_servers_retention_still_restores() {
+    let s = Setup::with_config("[backups.retention]\nkeep_last = 2\n");
+    let mut dumps = Vec::new();
+    for _ in 0..4 {
+        pos(&["mutate", s.db.to_str().unwrap(), "append", "1"]);
+        s.backup(&s.state, &s.db);
+        dumps.push(dump(&s.db));
+    }
+    let config = s.tmp.path().join("server.toml");
+    let out = command("otter-server")
+        .args(["backups", "prune", "--device", &s.device_id, "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&s.data)
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(
+        !s.manifest_path(&s.device_id, 2).exists(),
+        "#1 and #2 pruned"
+    );
+    assert!(s.manifest_path(&s.device_id, 3).exists());
+
+    pos(&["mutate", s.db.to_str().unwrap(), "append", "1"]);
+    let said = ok(&s.restore(&["--latest"]));
+    assert!(said.contains("restored backup #4"), "{said}");
+    assert!(said.contains("2 manifests"), "{said}");
+    assert_eq!(dump(&s.db), dumps[3]);
+    ok(&s.restore(&["--id", "3"]));
+    assert_eq!(dump(&s.db), dumps[2]);
+    refused(&s, &["--id", "1"], "matches");
 }

@@ -152,6 +152,11 @@ pub struct RestoreOptions {
     /// Accept a chain whose oldest stored manifest is not #1 (older ones pruned by
     /// retention). Without it, a missing first manifest is refused.
     pub allow_pruned_prefix: bool,
+    /// Accept gaps in the chain (backups pruned by retention: keep daily, weekly, …). Across
+    /// a gap the hash link cannot be checked: the later manifest must still be of the same
+    /// device, with a higher sequence and a time no earlier; give `receipts` too, so that
+    /// every manifest is also vouched for by the server's countersignature.
+    pub allow_pruned_gaps: bool,
     /// A manifest the caller knows exists (sequence and header hash, e.g. from the agent's
     /// local index): the chain must contain it, so a store cannot hide newer backups or
     /// present a forked history.
@@ -182,6 +187,7 @@ impl fmt::Debug for RestoreOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RestoreOptions")
             .field("allow_pruned_prefix", &self.allow_pruned_prefix)
+            .field("allow_pruned_gaps", &self.allow_pruned_gaps)
             .field("known_head", &self.known_head)
             .field("chunk_key", &self.chunk_key.as_ref().map(|_| "(given)"))
             .field("receipts", &self.receipts)
@@ -274,7 +280,19 @@ pub fn verify_chain(
             })?;
             m.verify_countersignature(&check.server_key, cs)?;
         }
+        // Retention pruned backups in between: no hash link to check across the gap.
+        let gap = options.allow_pruned_gaps
+            && headers
+                .last()
+                .is_some_and(|p| p.sequence.saturating_add(1) < seq);
         match headers.last() {
+            Some(prev) if gap && m.header.created < prev.created => {
+                return Err(broken(format!(
+                    "manifest #{seq} was created before #{} that precedes it",
+                    prev.sequence
+                )));
+            }
+            Some(_) if gap => {}
             Some(prev) => m.header.check_follows(Some(prev))?,
             None if seq == 1 => m.header.check_follows(None)?,
             None => {} // pruned prefix, accepted by the caller
@@ -931,9 +949,10 @@ impl TempFile {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "database".into());
         let path = parent_dir(target).join(format!(
-            ".{name}.restore-{}-{}",
+            ".{name}.restore-{}-{}-{}",
             std::process::id(),
-            UtcTime::now().unix()
+            UtcTime::now().unix(),
+            unique()
         ));
         remove_dead_leftovers(parent_dir(target), &format!(".{name}.restore-"));
         let mode = fs::metadata(target).map_or(0o600, |m| m.permissions().mode() & 0o777);
@@ -961,6 +980,13 @@ impl TempFile {
     }
 }
 
+/// A number not used before by this process.
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Removes temporary files of restores killed before they finished: `PREFIX{PID}-...` (and
 /// their sidecars) whose process is gone.
 fn remove_dead_leftovers(dir: &Path, prefix: &str) {
@@ -976,7 +1002,7 @@ fn remove_dead_leftovers(dir: &Path, prefix: &str) {
             continue;
         };
         let alive = Path::new("/proc").join(pid.to_string()).exists();
-        if !alive || pid == std::process::id() {
+        if !alive {
             let _ = fs::remove_file(entry.path());
         }
     }

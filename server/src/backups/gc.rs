@@ -364,10 +364,14 @@ pub async fn sweep(db: &Db, store: &Store, device: Option<&str>) -> Result<Vec<S
         .await?;
     }
     for (device, pack) in packs {
-        let key = format!("backups/{device}/packs/{pack}");
-        debug_assert!(pack
-            .parse::<otter_keys::envelope::PackId>()
-            .is_ok_and(|p| pack_key(&device, &p) == key));
+        let Ok(id) = pack.parse::<otter_keys::envelope::PackId>() else {
+            errors.push(format!(
+                "a tombstone of device {device:?} names {pack:?}, which is not a pack id; \
+                 remove that row from backup_pack_tombstones"
+            ));
+            continue;
+        };
+        let key = pack_key(&device, &id);
         if let Err(e) = delete_object(store, &key).await {
             errors.push(e);
             continue;

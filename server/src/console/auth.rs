@@ -21,7 +21,7 @@ use rusqlite::OptionalExtension;
 use super::html::{self, esc};
 use super::session::{cookie_value, secrets_match, set_cookie, Session, SESSION_COOKIE};
 use super::ConsoleState;
-use crate::http::auth::Policy;
+use crate::http::auth::{Policy, ReadDevices};
 use crate::http::AppState;
 use crate::tokens::TokenRole;
 
@@ -104,6 +104,8 @@ pub struct ConsoleAuth<P: Policy> {
     pub session: Session,
     /// The session id, to end it at sign-out.
     session_id: zeroize::Zeroizing<String>,
+    /// Devices whose last report holds security events, for roles that read devices.
+    alerts: u64,
     _policy: PhantomData<P>,
 }
 
@@ -114,6 +116,7 @@ impl<P: Policy> ConsoleAuth<P> {
             label: &self.session.label,
             role: self.session.role,
             csrf: &self.session.csrf,
+            alerts: self.alerts,
         }
     }
 
@@ -167,6 +170,17 @@ fn no_session(req: &HttpRequest) -> ConsoleError {
     }
 }
 
+/// How many unrevoked devices' last reports hold security events; 0 if it cannot be told.
+fn alert_count(conn: &rusqlite::Connection) -> u64 {
+    conn.query_row(
+        "SELECT COUNT(*) FROM devices WHERE revoked_at IS NULL
+         AND json_array_length(last_report, '$.security_events') > 0",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+}
+
 /// The role and revocation time of token `id`, `None` if it is gone.
 fn token_state(
     conn: &rusqlite::Connection,
@@ -199,13 +213,21 @@ async fn authenticate<P: Policy>(req: HttpRequest) -> Result<ConsoleAuth<P>, Con
     let Some(session) = console.sessions.touch(&session_id) else {
         return Err(no_session(&req));
     };
-    let token_id = session.token_id;
+    let (token_id, role) = (session.token_id, session.role);
     let found = state
         .db
-        .call(move |c| Ok(token_state(c, token_id)))
+        .call(move |c| {
+            let alerts = if ReadDevices::ROLES.contains(&role) {
+                alert_count(c)
+            } else {
+                0
+            };
+            Ok(token_state(c, token_id).map(|t| (t, alerts)))
+        })
         .await
         .map_err(|e| ConsoleError::internal("reading the token database", &e))?
         .map_err(|e| ConsoleError::internal("reading the token database", &e))?;
+    let (found, alerts) = found;
     let still_valid = matches!(&found, Some((role, None)) if role == session.role.as_str());
     if !still_valid {
         tracing::info!(
@@ -227,6 +249,7 @@ async fn authenticate<P: Policy>(req: HttpRequest) -> Result<ConsoleAuth<P>, Con
     Ok(ConsoleAuth {
         session,
         session_id,
+        alerts,
         _policy: PhantomData,
     })
 }

@@ -93,6 +93,8 @@ pub struct Who<'a> {
     pub role: TokenRole,
     /// The session's CSRF token, for the sign-out form.
     pub csrf: &'a str,
+    /// Devices whose last report holds security events (shown on the Security entry).
+    pub alerts: u64,
 }
 
 /// A hidden CSRF field.
@@ -126,9 +128,17 @@ pub fn page(title: &str, current: &str, who: Option<&Who>, nav: &[Nav], body: &s
             } else {
                 ""
             };
+            let badge = if n.path == "/security" && w.alerts > 0 {
+                format!(
+                    " <span class=\"badge alert\" id=\"alert-count\" title=\"devices reporting security events\">{}</span>",
+                    w.alerts
+                )
+            } else {
+                String::new()
+            };
             let _ = write!(
                 h,
-                "<li><a href=\"/console{}\"{cur}>{}</a></li>",
+                "<li><a href=\"/console{}\"{cur}>{}{badge}</a></li>",
                 n.path,
                 esc(n.label)
             );
@@ -192,6 +202,7 @@ mod tests {
             label: "<me>",
             role: TokenRole::Restorer,
             csrf: "c0ffee",
+            alerts: 0,
         };
         let p = page("Backups", "/backups", Some(&who), &nav, "<p>x</p>");
         assert!(p.contains("href=\"/console/backups\" aria-current=\"page\""));

@@ -241,7 +241,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/console")
             .wrap(middleware::from_fn(security_headers))
-            .app_data(web::FormConfig::default().limit(16 * 1024))
+            .app_data(web::PayloadConfig::default().limit(16 * 1024))
             .route("", web::get().to(pages::home))
             .route("/", web::get().to(pages::home))
             .route("/login", web::get().to(pages::login_form))

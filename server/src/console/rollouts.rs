@@ -60,9 +60,31 @@ pub fn release_href(name: &str, version: &str) -> String {
     format!("/console/releases/{}/{}", url_part(name), url_part(version))
 }
 
-/// The entry of `target` in the newest signed targets metadata, pretty-printed, with that
-/// metadata's version; `None` when the target is not (or no longer) in it.
-pub fn signed_entry(conn: &Connection, target: &str) -> rusqlite::Result<Option<(i64, String)>> {
+/// A signed delta that rebuilds a release's target: its target name, base, length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaInfo {
+    /// The delta's own target name.
+    pub name: String,
+    /// The full target it starts from.
+    pub base: String,
+    /// Its length in bytes.
+    pub length: u64,
+}
+
+/// What the newest signed targets metadata says about a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedEntry {
+    /// The targets version.
+    pub version: i64,
+    /// The target's entry, pretty-printed JSON.
+    pub entry: String,
+    /// The signed deltas whose `custom.delta.target` is this target.
+    pub deltas: Vec<DeltaInfo>,
+}
+
+/// The entry of `target` in the newest signed targets metadata and the deltas that rebuild
+/// it; `None` when the target is not (or no longer) in it.
+pub fn signed_entry(conn: &Connection, target: &str) -> rusqlite::Result<Option<SignedEntry>> {
     let row: Option<(i64, Vec<u8>)> = conn
         .query_row(
             "SELECT version, content FROM metadata_versions WHERE role = 'targets'
@@ -75,13 +97,35 @@ pub fn signed_entry(conn: &Connection, target: &str) -> rusqlite::Result<Option<
         return Ok(None);
     };
     let v: serde_json::Value = serde_json::from_slice(&content).unwrap_or_default();
-    let entry = &v["signed"]["targets"][target];
+    let targets = &v["signed"]["targets"];
+    let entry = &targets[target];
     if entry.is_null() {
         return Ok(None);
     }
+    let mut deltas: Vec<DeltaInfo> = targets
+        .as_object()
+        .map(|all| {
+            all.iter()
+                .filter(|(_, t)| t["custom"]["delta"]["target"] == target)
+                .map(|(name, t)| DeltaInfo {
+                    name: name.clone(),
+                    base: t["custom"]["delta"]["base"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                    length: t["length"].as_u64().unwrap_or(0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    deltas.sort_by(|a, b| a.base.cmp(&b.base));
     Ok(serde_json::to_string_pretty(entry)
         .ok()
-        .map(|text| (version, text)))
+        .map(|text| SignedEntry {
+            version,
+            entry: text,
+            deltas,
+        }))
 }
 
 /// One point of the chart: time, signed percent, successes and failures reported so far.
@@ -428,13 +472,29 @@ pub async fn release(
     }
     b.push_str("</dl>");
     match &entry {
-        Some((tv, text)) => {
+        Some(e) => {
             let _ = write!(
                 b,
-                "<details><summary>Signed entry in targets version {tv} (hashes, length, custom fields)</summary>\
+                "<details><summary>Signed entry in targets version {} (hashes, length, custom fields)</summary>\
                  <pre id=\"signed-entry\"><code>{}</code></pre></details>",
-                esc(text)
+                e.version,
+                esc(&e.entry)
             );
+            if e.deltas.is_empty() {
+                b.push_str("<p class=\"muted\">No signed delta rebuilds this release.</p>");
+            } else {
+                b.push_str("<h2>Deltas</h2><table id=\"deltas\"><thead><tr><th scope=\"col\">From</th><th scope=\"col\">Delta target</th><th scope=\"col\">Size</th></tr></thead><tbody>");
+                for d in &e.deltas {
+                    let _ = write!(
+                        b,
+                        "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>",
+                        esc(&d.base),
+                        esc(&d.name),
+                        bytes(d.length)
+                    );
+                }
+                b.push_str("</tbody></table>");
+            }
         }
         None => b.push_str("<p class=\"muted\">Not in the current signed targets metadata.</p>"),
     }

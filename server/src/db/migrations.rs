@@ -219,7 +219,7 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#,
     },
     Migration {
-        version: 8,
+        version: 7,
         name: "backup retention: pruned manifests, pack tombstones, verification results",
         sql: r#"
 -- Manifests removed by retention. The row moves here from backup_manifests (whose object is

@@ -37,8 +37,13 @@ pub async fn metrics(
             None
         }
     };
+    let mut body = metrics::render(devices.as_ref());
+    match state.repo.expiries().await {
+        Ok(e) => body.push_str(&metrics::render_expiries(&e)),
+        Err(e) => tracing::error!(error = %e, "metrics: reading metadata expiries failed"),
+    }
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .content_type(CONTENT_TYPE)
-        .body(metrics::render(devices.as_ref())))
+        .body(body))
 }

@@ -102,8 +102,9 @@ recorded, so a later delegation of the same name starts above them.
   `otter_repo_bytes_served_total{kind}`, `otter_publishes_total{kind}`,
   `otter_rollout_failures_total{release}`, `otter_backup_bytes_received_total`,
   `otter_devices{state}`, `otter_devices_installed{component,version}`,
-  `otter_update_outcomes{release,result}`, `otter_rollouts{status}`, `otter_build_info`
-  and `otter_uptime_seconds`. Labels hold route patterns, never raw paths.
+  `otter_update_outcomes{release,result}`, `otter_rollouts{status}`,
+  `otter_metadata_expires_timestamp_seconds{role}` (top-level and delegated roles: alert
+  before a vendor's metadata expires), `otter_build_info` and `otter_uptime_seconds`. Labels hold route patterns, never raw paths.
 - Logs: `otter-server serve --log-format json` writes one JSON object per line on standard
   error (level from `OTTER_LOG`); every request is logged with method, path, status and
   duration, never headers or bodies.

@@ -353,14 +353,15 @@ pub fn check_signatures(
     Ok(valid)
 }
 
-/// Checks what can be checked without the store: type, signatures, version, expiry, paths,
-/// hash algorithms, no nested delegations.
+/// Checks what can be checked without the store: type, signatures, version (above
+/// `highest_accepted`, when given), expiry (after `now`, when given), paths, hash
+/// algorithms, no nested delegations.
 pub fn check_metadata(
     bytes: &[u8],
     role: &DelegatedRole,
     keys: &BTreeMap<KeyId, PublicKey>,
     highest_accepted: Option<u64>,
-    now: UtcTime,
+    now: Option<UtcTime>,
 ) -> Result<Metadata<Targets>, DelegatedError> {
     let md = Metadata::<Targets>::from_bytes(bytes, MAX_DELEGATED_METADATA_BYTES)
         .map_err(|e| DelegatedError::InvalidMetadata(e.to_string()))?;
@@ -375,11 +376,15 @@ pub fn check_metadata(
             });
         }
     }
-    if let Err(MetadataError::Expired { expires, .. }) = check_expiry(&role.name, s.expires, now) {
-        return Err(DelegatedError::Expired {
-            role: role.name.clone(),
-            expires,
-        });
+    if let Some(now) = now {
+        if let Err(MetadataError::Expired { expires, .. }) =
+            check_expiry(&role.name, s.expires, now)
+        {
+            return Err(DelegatedError::Expired {
+                role: role.name.clone(),
+                expires,
+            });
+        }
     }
     if s.delegations
         .as_ref()
@@ -564,10 +569,7 @@ impl Repository {
                 .await?;
             drop_served = match bytes {
                 None => true,
-                Some(b) => {
-                    check_metadata(&b, &role, &role_keys, None, UtcTime::from_unix(i64::MIN))
-                        .is_err()
-                }
+                Some(b) => check_metadata(&b, &role, &role_keys, None, None).is_err(),
             };
         }
         let now = UtcTime::now();
@@ -842,7 +844,7 @@ impl Repository {
         let n = role_name.to_owned();
         let highest = self.db.call(move |c| highest_version(c, &n)).await?;
         let now = UtcTime::now();
-        let md = check_metadata(&bytes, &role, &keys, highest, now)?;
+        let md = check_metadata(&bytes, &role, &keys, highest, Some(now))?;
         for (path, t) in &md.signed().targets {
             self.check_stored_target(role_name, path, t.length, &t.hashes)
                 .await?;
@@ -915,6 +917,49 @@ impl Repository {
             })?;
         tracing::info!(role = %role_name, version, snapshot = versions.snapshot, "delegated role metadata accepted");
         Ok((version, versions))
+    }
+
+    /// When each served metadata file expires (Unix seconds): the top-level roles and every
+    /// delegated role the snapshot names. A delegated role's expiry is the vendor's to
+    /// extend, by signing a new version; monitoring should warn before it passes.
+    pub async fn expiries(&self) -> Result<Vec<(String, i64)>, RepoError> {
+        let state = self.state.lock().await;
+        let mut out = vec![
+            ("root".to_owned(), state.root.expires().unix()),
+            ("targets".to_owned(), state.targets.expires().unix()),
+            ("snapshot".to_owned(), state.snapshot.expires().unix()),
+            ("timestamp".to_owned(), state.timestamp.expires().unix()),
+        ];
+        let served: Vec<(String, u64)> = state
+            .snapshot
+            .signed()
+            .meta
+            .iter()
+            .filter(|(k, _)| k.as_str() != "targets.json")
+            .filter_map(|(k, m)| k.strip_suffix(".json").map(|r| (r.to_owned(), m.version)))
+            .collect();
+        drop(state);
+        let delegated = self
+            .db
+            .call(move |c| {
+                let mut v = Vec::new();
+                for (role, version) in served {
+                    let e: Option<i64> = c
+                        .query_row(
+                            "SELECT expires FROM metadata_versions WHERE role = ?1 AND version = ?2",
+                            rusqlite::params![role, sql_u64(version)?],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if let Some(e) = e {
+                        v.push((role, e));
+                    }
+                }
+                Ok(v)
+            })
+            .await?;
+        out.extend(delegated);
+        Ok(out)
     }
 
     /// Writes the delegated metadata the snapshot names to the store when it is missing or
@@ -1068,11 +1113,23 @@ mod tests {
             &role,
             &keys,
             Some(1),
-            now,
+            Some(now),
+        )
+        .unwrap();
+        // Without a reference time, expired metadata still passes the other checks (used to
+        // re-check served metadata against a replaced delegation).
+        check_metadata(
+            &metadata(2, now, &["cardreader-1"], &k),
+            &role,
+            &keys,
+            None,
+            None,
         )
         .unwrap();
         let code = |b: Vec<u8>, h: Option<u64>| {
-            check_metadata(&b, &role, &keys, h, now).unwrap_err().code()
+            check_metadata(&b, &role, &keys, h, Some(now))
+                .unwrap_err()
+                .code()
         };
         assert_eq!(
             code(metadata(1, later, &["cardreader-1"], &k), Some(1)),

@@ -167,6 +167,22 @@ fn reencrypt_backup(a: &ReencryptArgs, secrets: &PassphraseArgs) -> Result<()> {
         m.verify_signature(&device_key)
             .with_context(|| format!("{}: not signed by the device key given", path.display()))?;
         match (&previous, seq) {
+            // Retention pruned backups in between: the hash link cannot be checked across
+            // the gap, but the manifest is still the device's, later and not older.
+            (Some(p), _) if p.sequence.saturating_add(1) < seq => {
+                if m.header.created < p.created {
+                    bail!(
+                        "{}: manifest #{seq} was created before #{}; nothing was written",
+                        path.display(),
+                        p.sequence
+                    );
+                }
+                eprintln!(
+                    "note: #{} to #{} were pruned by retention",
+                    p.sequence + 1,
+                    seq - 1
+                );
+            }
             (Some(p), _) => m.header.check_follows(Some(p))?,
             (None, 1) => m.header.check_follows(None)?,
             (None, _) => eprintln!("note: the chain starts at #{seq} (older backups pruned)"),
