@@ -140,17 +140,6 @@ fi
 grep -q listne "$work/bad.out" || fail "the refusal does not name the unknown key: $(cat "$work/bad.out")"
 echo "test-configs: a config with an unknown key is refused"
 
-# Every key of the default config is in deploy/server.example.toml and docs/configuration.md.
-keys_of() { sed -nE 's/^(# ?)?([a-z_]+) = .*/\2/p; s/^\[([a-z_]+)\]$/[\1]/p' "$1" | sort -u; }
-"$server" default-config >"$work/default.toml"
-missing=$(comm -23 <(keys_of "$work/default.toml") <(keys_of deploy/server.example.toml))
-[[ -z $missing ]] || fail "deploy/server.example.toml lacks: $(echo $missing)"
-if [[ -e docs/configuration.md ]]; then
-  for k in $(keys_of "$work/default.toml"); do
-    grep -qF -- "${k//[\[\]]/}" docs/configuration.md || fail "docs/configuration.md does not name $k"
-  done
-  echo "test-configs: deploy/server.example.toml and docs/configuration.md name every config key"
-fi
 # The agent's example config and the ```toml blocks of the agent's docs parse and validate with
 # the agent's own parser (`otter-agent config check`); a misspelt agent key is refused.
 agent="$bin/otter-agent"
@@ -178,4 +167,16 @@ if "$agent" config check "$work/bad-agent.toml" >"$work/bad-agent.out" 2>&1; the
 fi
 grep -q poll_intervall_secs "$work/bad-agent.out" || fail "the agent's refusal does not name the unknown key: $(cat "$work/bad-agent.out")"
 echo "test-configs: an agent config with an unknown key is refused"
+
+# Every key of the default config is in deploy/server.example.toml and docs/configuration.md.
+keys_of() { sed -nE 's/^(# ?)?([a-z_]+) = .*/\2/p; s/^\[([a-z_]+)\]$/[\1]/p' "$1" | sort -u; }
+"$server" default-config >"$work/default.toml"
+missing=$(comm -23 <(keys_of "$work/default.toml") <(keys_of deploy/server.example.toml))
+[[ -z $missing ]] || fail "deploy/server.example.toml lacks: $(echo $missing)"
+if [[ -e docs/configuration.md ]]; then
+  for k in $(keys_of "$work/default.toml"); do
+    grep -qF -- "${k//[\[\]]/}" docs/configuration.md || fail "docs/configuration.md does not name $k"
+  done
+  echo "test-configs: deploy/server.example.toml and docs/configuration.md name every config key"
+fi
 echo "test-configs: ok"

@@ -60,6 +60,10 @@ pub struct AgentConfig {
     pub apply: ApplyConfig,
     /// Scheduled backups by `otter-agent run`.
     pub backup: BackupSchedule,
+    /// Integrity passes over the installed components (`[integrity]`).
+    pub integrity: crate::integrity::IntegrityConfig,
+    /// Health checks of the live database (`[database]`).
+    pub database: crate::integrity::DatabaseHealthConfig,
 }
 
 /// HTTP limits towards the server and its repository.

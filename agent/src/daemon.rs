@@ -279,6 +279,18 @@ pub fn run(
         if stop.load(Ordering::SeqCst) {
             break;
         }
+        // Integrity pass and database checks, when due; their events go with this report.
+        match crate::integrity::run_scheduled(cfg) {
+            Ok(m) => {
+                for e in &m.events {
+                    log(&format!("security event {}: {}", e.kind, e.detail));
+                }
+            }
+            Err(e) => log(&format!(
+                "integrity or database check failed: {}",
+                otter_keys::report::describe(&e)
+            )),
+        }
         let pass = run_pass(
             cfg,
             &PassOptions {
@@ -325,6 +337,11 @@ pub fn run(
         let status = StatusFile::load(&state_dir).unwrap_or_default();
         if let Some(b) = backup_due_in(cfg, &status, UtcTime::now().unix()) {
             wait = wait.min(Duration::from_secs(b));
+        }
+        if let Ok(m) = crate::integrity::MonitorState::load(&state_dir) {
+            if let Some(c) = crate::integrity::next_due_in(cfg, &m, UtcTime::now().unix()) {
+                wait = wait.min(Duration::from_secs(c));
+            }
         }
         wait += jitter(cfg.update.jitter_secs);
         if sleep_unless(stop, wait) {

@@ -22,10 +22,12 @@
 pub mod apply;
 pub mod backup;
 pub mod config;
+pub mod dbhealth;
 pub mod daemon;
 pub mod delta;
 pub mod device;
 pub mod download;
+pub mod integrity;
 pub mod select;
 pub mod status;
 pub mod tuf;

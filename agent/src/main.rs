@@ -62,6 +62,76 @@ enum Command {
     /// Rebuild a file from a base and an Otter delta (operators, benchmarks).
     #[command(subcommand)]
     Delta(delta_cmd::DeltaCommand),
+    /// Re-hash the installed components against their manifests and check the live
+    /// database now; drift or corruption becomes a security event sent in a signed report.
+    /// Exit status 1 when something was found (see docs/monitoring.md).
+    Check(CheckArgs),
+}
+
+/// Options of `otter-agent check`.
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: daemon_cmd::ConfigArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also run the slow `PRAGMA integrity_check` (instead of `quick_check`).
+    #[arg(long)]
+    full: bool,
+    /// Record the events for the next report but do not send one now.
+    #[arg(long)]
+    no_report: bool,
+}
+
+fn check(a: CheckArgs) -> Result<()> {
+    use otter_agent::integrity::{run_checks, watched_database, Due};
+    let cfg = a.config.resolve()?;
+    let has_db = watched_database(&cfg).is_some();
+    let due = Due {
+        integrity: true,
+        quick_check: has_db && !a.full,
+        full_check: has_db && a.full,
+    };
+    let r = run_checks(&cfg, due, !a.no_report)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for c in r.components.iter().flatten() {
+            if c.findings.is_empty() {
+                println!("{} {}: intact ({} files)", c.component, c.version, c.files);
+            }
+            for f in &c.findings {
+                let kind = serde_json::to_value(f.kind)?;
+                println!(
+                    "{} {}: {} {}: {}",
+                    c.component,
+                    c.version,
+                    kind.as_str().unwrap_or("?"),
+                    f.path,
+                    f.detail
+                );
+            }
+        }
+        if let Some(d) = &r.database {
+            println!(
+                "database {}: PRAGMA {}: {}",
+                d.path.display(),
+                d.level.pragma(),
+                d.messages.join("; ")
+            );
+        }
+        for e in &r.events {
+            println!("security event {}: {}", e.kind, e.detail);
+        }
+        match &r.reported {
+            Some(Ok(())) => println!("reported to the server"),
+            Some(Err(e)) => eprintln!("warning: the report did not reach the server (kept for the next poll): {e}"),
+            None => {}
+        }
+    }
+    anyhow::ensure!(!r.found_problems(), "integrity drift or database corruption found");
+    Ok(())
 }
 
 /// Options of `otter-agent enroll`.
@@ -383,6 +453,7 @@ fn main() -> ExitCode {
         Command::Status(a) => daemon_cmd::status(a),
         Command::Config(a) => daemon_cmd::config(a),
         Command::Delta(a) => delta_cmd::run(a),
+        Command::Check(a) => check(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

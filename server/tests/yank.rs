@@ -25,7 +25,16 @@ fn a_yanked_release_leaves_the_signed_targets() {
             assert_eq!(s, 201, "{body}");
         }
         let before = fetch_and_verify(&c, &srv).await;
-        assert_eq!(before.targets.signed().targets.len(), 2);
+        // Two releases and the delta between them (docs/deltas.md); the yank drops both.
+        let names: Vec<&String> = before.targets.signed().targets.keys().collect();
+        assert_eq!(
+            names,
+            [
+                "pinpad-1.0.0.tar.zst",
+                "pinpad-1.1.0.from-1.0.0.delta",
+                "pinpad-1.1.0.tar.zst"
+            ]
+        );
 
         let url = srv.url("/api/v1/releases/pinpad/1.0.0");
         let (s, v) = api(&c, "DELETE", &url, Some(&publisher), None).await;

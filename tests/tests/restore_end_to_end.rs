@@ -14,6 +14,8 @@
 //! - SIGKILL at random moments of a restore (by rename, and every third one `--online`),
 //!   `OTTER_RESTORE_TRIALS` times (default 30): the live database is always exactly the old
 //!   one or exactly the restored one;
+//! - after the server's retention pruned the oldest backups (`otter-server backups prune`),
+//!   the kept ones still restore exactly;
 //! - a replacement terminal restores a dead terminal's backup re-encrypted for it with the
 //!   recovery key (`otter-keys backup reencrypt`, `otter-agent restore --from-transfer`).
 //!

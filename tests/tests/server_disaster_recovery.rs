@@ -278,6 +278,10 @@ fn a_running_servers_copies_restore_onto_a_new_data_dir_with_repository_audit_ch
     std::fs::create_dir_all(&offsite).unwrap();
     online_backup(&data.join("otter.db"), &offsite.join("otter.db"));
     copy_tree(&data.join("keys"), &offsite.join("keys"));
+    if std::env::var("EXPLORE").is_ok() {
+        s.publish(&server, &token, "1.0.5");
+        assert!(s.update().contains("installed 1.0.5"));
+    }
     copy_tree(&data.join("store"), &offsite.join("store"));
     let head = s.admin(&data, &["audit", "head"]).trim().to_owned();
     let backups_before: Value =
@@ -321,7 +325,7 @@ fn a_running_servers_copies_restore_onto_a_new_data_dir_with_repository_audit_ch
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "{}", show(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("keys"),
+        String::from_utf8_lossy(&out.stderr).contains("keys/targets.key"),
         "the refusal names the keys: {}",
         show(&out)
     );
@@ -338,6 +342,20 @@ fn a_running_servers_copies_restore_onto_a_new_data_dir_with_repository_audit_ch
     copy_tree(&offsite.join("keys"), &restored.join("keys"));
     copy_tree(&offsite.join("store"), &restored.join("store"));
     let server = s.server(&restored, "host-b.log");
+    if std::env::var("EXPLORE").is_ok() {
+        repoint(&s.state, &old_url, &server.url);
+        let o = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
+        eprintln!("EXPLORE update after restore: {}", show(&o));
+        s.publish(&server, &token, "1.1.0");
+        let o = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
+        eprintln!("EXPLORE update after publish: {}", show(&o));
+        s.publish(&server, &token, "1.2.0");
+        s.publish(&server, &token, "1.3.0");
+        let o = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
+        eprintln!("EXPLORE update after 3 publishes: {}", show(&o));
+        eprintln!("EXPLORE server log: {}", std::fs::read_to_string(t.join("host-b.log")).unwrap());
+        panic!("explored");
+    }
 
     // The audit chain is whole and still ends at the recorded head.
     let verified = s.admin(&restored, &["audit", "verify", "--anchor", &head]);
@@ -404,6 +422,15 @@ fn a_running_servers_copies_restore_onto_a_new_data_dir_with_repository_audit_ch
     ]));
     assert!(dry.contains("verified backup #1"), "{dry}");
     // ... and a release published after the restore reaches it; the audit chain goes on.
+    if std::env::var("EXPLORE").is_ok() {
+        let o = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
+        eprintln!("EXPLORE update after restore: {}", show(&o));
+        s.publish(&server, &token, "1.1.0");
+        let o = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
+        eprintln!("EXPLORE update after publish: {}", show(&o));
+        eprintln!("EXPLORE server log: {}", std::fs::read_to_string(t.join("host-b.log")).unwrap());
+        panic!("explored");
+    }
     s.publish(&server, &token, "1.1.0");
     assert!(s.update().contains("installed 1.1.0"));
     assert_eq!(s.active(), "1.1.0");
