@@ -15,16 +15,37 @@ import sys
 NOTES_FILE = "notes.md"  # hand-written explanations kept beside the results, if present
 
 
+ITEMS = ["serve", "fleet", "hash", "apply", "delta", "backup", "restore", "trials"]
+
+
 def load(results):
+    """Rows of the newest full run (else the newest run); an item that run lacks (a run with
+    --only, or one that stopped early) is taken from the newest run that has it, and named."""
     runs = sorted(d for d in os.listdir(results)
                   if os.path.isfile(os.path.join(results, d, "raw.jsonl")))
     full = [d for d in runs if d.endswith("-full")]
-    pick = (full or runs)[-1:]  # noqa
+    pick = (full or runs)[-1:]
     if not pick:
         sys.exit("report.py: no results under " + results)
+
+    def rows_of(name):
+        path = os.path.join(results, name, "raw.jsonl")
+        return [json.loads(l) for l in open(path) if l.strip()]
     d = os.path.join(results, pick[0])
-    rows = [json.loads(l) for l in open(os.path.join(d, "raw.jsonl")) if l.strip()]
+    rows = rows_of(pick[0])
+    borrowed = {}
+    for item in ITEMS:
+        if any(r["item"] == item for r in rows):
+            continue
+        for other in reversed(runs):
+            got = [r for r in rows_of(other) if r["item"] == item]
+            if got:
+                rows += got
+                borrowed[item] = other
+                break
     machine = json.load(open(os.path.join(d, "machine.json")))
+    machine["stale_build"] = os.path.exists(os.path.join(d, "stale-build"))
+    machine["borrowed"] = borrowed
     return pick[0], rows, machine
 
 
@@ -121,7 +142,12 @@ def main():
       "Otter's figure over the anchor's from the same run. Targets come from issue 7; a missed "
       "target is shown as missed, with why and what would fix it.\n")
     w(f"Run `{name}` ({m.get('mode')} mode{': smaller sizes, shorter runs' if quick else ''}), "
-      f"{m.get('total_seconds', '?')} s in all, tree `{m.get('git')}`.\n")
+      f"{m.get('total_seconds', '?')} s in all, tree `{m.get('git')}`"
+      + (" (**the build of the tree failed during the run: the previous release build was "
+         "measured**)" if m.get("stale_build") else "") + ".\n")
+    if m.get("borrowed"):
+        w("Items missing from that run are taken from the newest run that has them: "
+          + "; ".join(f"{k} from `{v}`" for k, v in m["borrowed"].items()) + ".\n")
     w("## Machine\n")
     la0 = ", ".join(f"{x:.2f}" for x in m.get("load_at_start", []))
     la1 = ", ".join(f"{x:.2f}" for x in m.get("load_at_end", []))
@@ -240,6 +266,11 @@ def main():
                 continue
             new_b = p[0]["new_bytes"]
             w(f"### {label} ({new_b / 1048576:.1f} MiB)\n")
+            if pair == "bin":
+                w(f"The otter-server binary of the release build made before this run "
+                  f"({p[0].get('old_built')}, {p[0]['old_bytes'] / 1048576:.1f} MiB, kept in "
+                  f"`~/.cache/otter-bench/prev/`) against the one this run built "
+                  f"({p[0].get('new_built')}): the same program two development stages apart.\n")
             stats = {}
             for tool in ["otter", "bsdiff", "xdelta3"]:
                 t = sel(p, system=tool)
@@ -272,8 +303,10 @@ def main():
             w("")
             plot[pair] = stats
         w("xdelta3 ran as `xdelta3 -9 -S djw`; bsdiff/bspatch are Debian's; peak RSS from "
-          "/usr/bin/time. bsdiff on the 256 MiB image runs once in the full mode (minutes, "
-          "several GiB of memory); every other figure is a median of 3 runs.\n")
+          "/usr/bin/time. bsdiff runs once per pair (minutes and several GiB of memory "
+          "at 256 MiB); the quick mode runs everything once; other figures are medians of 3 runs. "
+          "Otter's apply is given the expected SHA-256 and length, as the agent does, so it also "
+          "verifies the rebuilt file; the anchors do not.\n")
     else:
         w("Not measured in this run.\n")
 
@@ -304,7 +337,7 @@ def main():
         nmax = max(r["backup"] for r in bk)
         w(f"\nDatabase: `pos_db.py make` ({db_mib:.0f} MiB, 800,000 sales), then {nmax} times "
           "`pos_db.py mutate DB update 1` (1% of rows refunded at random places), a backup by each "
-          f"tool after each change; {reps} repetitions from scratch, medians. Otter: `otter-agent backup` "
+          f"tool after each change; {reps} repetition{'s' if reps > 1 else ''} from scratch, medians. Otter: `otter-agent backup` "
           "to a real `otter-server` on loopback (encrypted, signed, countersigned); bytes added = growth "
           "of the server's `store/` dir. restic: `restic backup` to a local repository; bytes added = "
           "growth of the repository dir. Restore: `otter-agent restore --latest` (verifies the chain, "

@@ -108,12 +108,12 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/otter-demo.XXXXXX")
 chmod 0700 "$work"
 say "scratch directory: $work"
 # The demo's own commands must not pick up an operator's settings.
-while IFS='=' read -r name _; do
+for name in $(compgen -e); do
   case $name in
   OTTER_KEYS_SCRYPT_LOG_N | OTTER_BIN_DIR | OTTER_DEMO_KEEP | OTTER_POS_DB) ;;
   OTTER_* | AWS_*) unset "$name" ;;
   esac
-done < <(env)
+done
 
 # --- 2. keys --------------------------------------------------------------------------------
 begin "Key ceremony (offline in real life): root keys, online keys, backup recovery key"
@@ -157,6 +157,7 @@ done
 health=$(curl -fsS "$url/healthz") || fail "GET $url/healthz failed"
 [[ $health == *'"status":"ok"'* ]] || fail "the server is not healthy: $health"
 [[ -n $admin_token ]] && say "an admin token was printed once by init (kept in the scratch dir only)"
+say "server process $server_pid (its log: server.log in the scratch directory)"
 done_ "server listening on $url, /healthz ok"
 
 # --- 4. bundles -----------------------------------------------------------------------------

@@ -8,11 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: the age tool, systemd-analyze (deploy/test-systemd.sh), curl,
-# chromium and chromium-driver (the console's browser test).
+# zstd (the demo), chromium and chromium-driver (the console's browser test).
 need=()
 command -v age >/dev/null || need+=(age)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v curl >/dev/null || need+=(curl)
+# deploy/demo.sh (tests/tests/demo.rs) builds its sample bundles with tar and the zstd tool.
+command -v zstd >/dev/null || need+=(zstd)
 # The console's browser test (tests/tests/console_browser.rs): headless Chromium + chromedriver.
 command -v chromedriver >/dev/null || need+=(chromium chromium-driver)
 if ((${#need[@]})); then

@@ -60,10 +60,28 @@ pub struct AgentConfig {
     pub apply: ApplyConfig,
     /// Scheduled backups by `otter-agent run`.
     pub backup: BackupSchedule,
+    /// Backups before database migrations and restores on rollback (`[migration]`,
+    /// docs/apply.md).
+    pub migration: crate::migration::MigrationConfig,
     /// Integrity passes over the installed components (`[integrity]`).
     pub integrity: crate::integrity::IntegrityConfig,
     /// Health checks of the live database (`[database]`).
     pub database: crate::integrity::DatabaseHealthConfig,
+    /// Restores requested through the server (`[restore]`).
+    pub restore: RestoreConfig,
+}
+
+/// Restores an admin or restorer requests through the server (`[restore]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreConfig {
+    /// Whether `otter-agent run` acts on restore requests from the server. Off by default:
+    /// replacing a payment terminal's sales database is opted into per terminal.
+    pub allow_remote_requests: bool,
+    /// Command (argv, no shell) that stops the application before a requested restore.
+    pub stop_command: Option<Vec<String>>,
+    /// Command (argv, no shell) that starts it again afterwards.
+    pub start_command: Option<Vec<String>>,
 }
 
 /// HTTP limits towards the server and its repository.

@@ -195,7 +195,8 @@ pub fn backup_once(
     let mut config = BackupConfig::new(database, state_dir, &state.device_id);
     config.pack_target_size = pack_size;
     let store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)
-        .map_err(|e| err(&e))?;
+        .map_err(|e| err(&e))?
+        .with_receipt_pin(crate::backup::http::receipt_pin_path(state_dir));
     let r = run_backup(&config, &keys, &store).map_err(|e| err(&e))?;
     Ok(format!(
         "backup #{}: {} pages, {} new chunks, {} bytes shipped",
@@ -275,6 +276,15 @@ pub fn run(
                     log(&format!("cannot record the backup: {e}"));
                 }
             }
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        // Restores requested through the server (`[restore] allow_remote_requests`).
+        match crate::restore_requests::pickup(cfg) {
+            Ok(Some(m)) => log(&m),
+            Ok(None) => {}
+            Err(e) => log(&format!("restore requests: {e}")),
         }
         if stop.load(Ordering::SeqCst) {
             break;

@@ -183,8 +183,9 @@ pub fn status(a: StatusArgs) -> Result<()> {
     };
     if let Some(root) = cfg.install_root.as_deref().filter(|r| r.exists()) {
         let limit = a.history;
-        let read = otter_agent::apply::Applier::open(root, cfg.apply.clone())
-            .and_then(|(ap, _)| Ok((ap.installed()?, ap.history(limit)?)));
+        // Read-only: status never runs crash recovery nor waits on the daemon's lock.
+        let read = otter_agent::apply::JournalView::open(root)
+            .and_then(|view| Ok((view.installed()?, view.history(limit)?)));
         match read {
             Ok((installed, history)) => {
                 report.installed = installed

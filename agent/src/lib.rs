@@ -16,18 +16,23 @@
 //!   scheduled backups); [`status`]: the agent's status file; [`config`]: the agent's TOML
 //!   configuration and maintenance windows.
 //!
+//! - [`restore_requests`]: restores an admin or restorer requested through the server.
+//! - [`integrity`]: the integrity pass over installed components and the scheduling of the
+//!   database checks ([`dbhealth`]); drift and corruption become security events.
 //! - [`delta`]: updates through signed deltas from the installed version, rebuilt and
 //!   verified against the signed hash before use, with the fall-back to the full download.
 
 pub mod apply;
 pub mod backup;
 pub mod config;
-pub mod dbhealth;
 pub mod daemon;
+pub mod dbhealth;
 pub mod delta;
 pub mod device;
+pub mod migration;
 pub mod download;
 pub mod integrity;
+pub mod restore_requests;
 pub mod select;
 pub mod status;
 pub mod tuf;

@@ -126,11 +126,16 @@ fn check(a: CheckArgs) -> Result<()> {
         }
         match &r.reported {
             Some(Ok(())) => println!("reported to the server"),
-            Some(Err(e)) => eprintln!("warning: the report did not reach the server (kept for the next poll): {e}"),
+            Some(Err(e)) => eprintln!(
+                "warning: the report did not reach the server (kept for the next poll): {e}"
+            ),
             None => {}
         }
     }
-    anyhow::ensure!(!r.found_problems(), "integrity drift or database corruption found");
+    anyhow::ensure!(
+        !r.found_problems(),
+        "integrity drift or database corruption found"
+    );
     Ok(())
 }
 
@@ -175,6 +180,14 @@ struct ReportArgs {
     /// The agent's state dir (enrolled with `otter-agent enroll`).
     #[arg(long, env = "OTTER_STATE_DIR", value_name = "DIR")]
     state_dir: PathBuf,
+    /// The agent's TOML config, for its install root [default: /etc/otter/agent.toml when
+    /// it exists].
+    #[arg(long, env = "OTTER_AGENT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where components are installed: the installed versions are read from its journal
+    /// (read-only). Without one, the report says nothing is installed.
+    #[arg(long, env = "OTTER_INSTALL_ROOT", value_name = "DIR")]
+    install_root: Option<PathBuf>,
 }
 
 /// Options of `otter-agent backup`.
@@ -298,9 +311,27 @@ fn enroll(a: EnrollArgs) -> Result<()> {
 }
 
 fn report(a: ReportArgs) -> Result<()> {
+    let install_root = match a.install_root {
+        Some(r) => Some(r),
+        None => otter_agent::config::AgentConfig::load_or_default(a.config.as_deref())?
+            .install_root
+            .clone(),
+    };
+    // Read-only: never runs crash recovery nor waits on the daemon's lock. A journal that
+    // cannot be read is an error, not an empty inventory (that would wipe the server's).
+    let installed = match install_root.as_deref().filter(|r| r.exists()) {
+        Some(root) => otter_agent::apply::JournalView::open(root)
+            .and_then(|v| v.installed())
+            .with_context(|| format!("reading the installed versions under {}", root.display()))?
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect(),
+        None => Default::default(),
+    };
+    let status = otter_agent::status::StatusFile::load(&a.state_dir)?;
     let answer = otter_agent::device::send_report(
         &a.state_dir,
-        &otter_agent::device::enroll::current_report(),
+        &otter_agent::device::enroll::current_report(&installed, &status),
     )?;
     println!(
         "report accepted for device {}",
@@ -403,6 +434,11 @@ struct RollbackArgs {
     /// when it exists].
     #[arg(long, env = "OTTER_AGENT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The agent's state dir [default: the config's]: when the version rolled back from
+    /// migrated the database, its pre-migration snapshot kept there is put back too (the
+    /// application stopped and started by `[migration]` stop/start commands).
+    #[arg(long, env = "OTTER_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 fn rollback(a: RollbackArgs) -> Result<()> {
@@ -411,17 +447,30 @@ fn rollback(a: RollbackArgs) -> Result<()> {
         Some(r) => r,
         None => cfg.install_root()?.to_path_buf(),
     };
-    let (mut applier, recoveries) = otter_agent::apply::Applier::open(&root, cfg.apply)?;
+    let (mut applier, recoveries) = otter_agent::apply::Applier::open(&root, cfg.apply.clone())?;
     for r in recoveries {
         eprintln!(
             "recovered {} of {} (entry {}, found {}): {}",
             r.op, r.component, r.id, r.found_state, r.action
         );
     }
-    match applier.rollback(&a.component)? {
-        otter_agent::apply::Outcome::RolledBack { name, from, to, .. } => {
+    let state_dir = a.state_dir.clone().or_else(|| cfg.state_dir.clone());
+    let outcome = match &state_dir {
+        Some(dir) => otter_agent::migration::rollback(&cfg, dir, &mut applier, &a.component)?,
+        None => applier.rollback(&a.component)?,
+    };
+    match outcome {
+        otter_agent::apply::Outcome::RolledBack {
+            name,
+            from,
+            to,
+            reason,
+        } => {
             let to = to.map_or_else(|| "nothing".to_string(), |v| v.to_string());
             println!("{name}: rolled back from {from} to {to}");
+            if let Some((_, note)) = reason.split_once("; ") {
+                println!("{name}: {note}");
+            }
         }
         other => println!("{other:?}"),
     }

@@ -21,9 +21,9 @@ use otter_agent::device::{AgentState, DeviceError, Identity};
 use otter_keys::time::UtcTime;
 
 /// Options of `otter-agent restore`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 #[command(
-    group(clap::ArgGroup::new("which").required(true).args(["latest", "id", "before"])),
+    group(clap::ArgGroup::new("which").required(true).args(["latest", "id", "before", "requested"])),
     after_help = "\
 Everything is verified before the live database is touched: the device's signature on every
 manifest of the chain, the chain itself, the server's countersignature of each (its receipt key
@@ -39,7 +39,13 @@ Examples:
   otter-agent restore --latest --dry-run
   otter-agent restore --before 2026-11-25T12:00:00Z \\
       --stop-command 'systemctl stop pos.service' --start-command 'systemctl start pos.service'
-  otter-agent restore --id 42 --online"
+  otter-agent restore --id 42 --online
+  otter-agent restore --requested --stop-command 'systemctl stop pos.service' \\
+      --start-command 'systemctl start pos.service'
+
+--requested picks up the oldest restore request an admin or restorer made on the server
+(POST /api/v1/backups/DEVICE/restore-requests or the console), restores exactly that backup
+and reports the outcome to the server; with no pending request it does nothing."
 )]
 pub struct RestoreArgs {
     /// The agent's state dir (enrolled with `otter-agent enroll`).
@@ -58,6 +64,13 @@ pub struct RestoreArgs {
     /// 2026-11-25T12:00:00Z or 2026-11-25T13:00:00+01:00).
     #[arg(long, value_name = "TIME")]
     before: Option<String>,
+    /// Restore the backup of the oldest pending restore request made on the server, then
+    /// report the outcome to the server (nothing to do when none is pending).
+    #[arg(long, conflicts_with_all = ["dry_run", "from_transfer"])]
+    requested: bool,
+    /// The header hash the chosen backup must have (set for a requested restore).
+    #[arg(skip)]
+    expect_header: Option<String>,
     /// Verify everything and tell what the restore would lose, but change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -251,6 +264,7 @@ fn server_options(
         // gaps; every manifest is still checked against the server's countersignature.
         allow_pruned_prefix: true,
         allow_pruned_gaps: true,
+        pruned_headers: receipts.pruned,
         known_head,
         receipts: Some(ReceiptCheck {
             server_key: receipts.receipt_public_key,
@@ -298,8 +312,52 @@ impl Transfer {
     }
 }
 
+/// `otter-agent restore --requested`: one pickup of the oldest pending request, its outcome
+/// reported to the server.
+fn requested(a: RestoreArgs) -> Result<()> {
+    let pending = otter_agent::restore_requests::pending(&a.state_dir)?;
+    let Some(req) = pending.first() else {
+        println!("no pending restore request");
+        return Ok(());
+    };
+    println!(
+        "restore request {} by {}: backup #{} ({})",
+        req.id, req.requested_by, req.sequence, req.reason
+    );
+    let one = RestoreArgs {
+        requested: false,
+        id: Some(req.sequence),
+        expect_header: Some(req.header_hash.clone()),
+        ..a.clone()
+    };
+    let result = restore(one);
+    let (ok, message) = match &result {
+        Ok(()) => (true, format!("restored backup #{}", req.sequence)),
+        Err(e) => (false, format!("{e:#}")),
+    };
+    if let Err(e) = otter_agent::restore_requests::report(&a.state_dir, req.id, ok, &message) {
+        let e = anyhow::Error::from(e).context(format!(
+            "reporting the outcome of restore request {} to the server",
+            req.id
+        ));
+        return match result {
+            Ok(()) => Err(e.context("the database was restored")),
+            Err(r) => Err(r.context(format!("{e:#}"))),
+        };
+    }
+    println!(
+        "reported restore request {}: {}",
+        req.id,
+        if ok { "done" } else { "failed" }
+    );
+    result
+}
+
 /// `otter-agent restore`.
 pub fn restore(a: RestoreArgs) -> Result<()> {
+    if a.requested {
+        return requested(a);
+    }
     let selector = match (a.latest, a.id, &a.before) {
         (true, None, None) => Selector::Latest,
         (false, Some(n), None) => Selector::Sequence(n),
@@ -388,6 +446,16 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     }
     let prepared = prepared?;
     let r = prepared.report().clone();
+    if let Some(h) = &a.expect_header {
+        if &r.header_hash != h {
+            bail!(
+                "backup #{} has header {} but the request names {h}; the live database was \
+                 not touched",
+                r.sequence,
+                r.header_hash
+            );
+        }
+    }
     println!(
         "verified backup #{} of device {} (taken {}, header {}): {} manifests, {} packs \
          ({} bytes), {} pages, {} bytes of database",
@@ -420,10 +488,27 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
         } else {
             let users = processes_using(&a.database);
             if !users.is_empty() {
+                let named: Vec<String> = users
+                    .iter()
+                    .map(|pid| {
+                        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                            .map(|c| {
+                                String::from_utf8_lossy(&c)
+                                    .replace('\0', " ")
+                                    .trim()
+                                    .chars()
+                                    .take(120)
+                                    .collect::<String>()
+                            })
+                            .unwrap_or_default();
+                        format!("{pid} ({cmd})")
+                    })
+                    .collect();
                 bail!(
-                    "processes {users:?} have {} open: stop the application first \
+                    "processes {} have {} open: stop the application first \
                      (--stop-command) or restore with --online; the live database was not \
                      touched",
+                    named.join(", "),
                     a.database.display()
                 );
             }

@@ -42,7 +42,7 @@ pub enum PassError {
     #[error(transparent)]
     Device(#[from] DeviceError),
     /// The trusted metadata could not be refreshed (server down, or metadata refused).
-    #[error("refreshing the trusted metadata: {0}")]
+    #[error("refreshing the trusted metadata: {0}{hint}", hint = clock_hint(.0))]
     Refresh(#[source] UpdateError),
     /// The install root could not be opened or read.
     #[error(transparent)]
@@ -50,6 +50,9 @@ pub enum PassError {
     /// The status file.
     #[error(transparent)]
     Status(#[from] StatusError),
+    /// A pre-migration snapshot could not be put back (or its records read).
+    #[error(transparent)]
+    Migration(#[from] crate::migration::MigrationError),
     /// Another pass holds the lock.
     #[error(
         "another otter-agent update pass is running on {0} (lock held); try again when it ends"
@@ -132,6 +135,23 @@ pub fn lock(state_dir: &Path) -> Result<PassLock, PassError> {
         Err(std::fs::TryLockError::WouldBlock) => Err(PassError::Busy(path)),
         Err(std::fs::TryLockError::Error(source)) => Err(PassError::Io { path, source }),
     }
+}
+
+/// A hint for expired metadata: either this terminal's clock is far off or the repository
+/// (or a mirror freezing it) serves stale metadata.
+fn clock_hint(e: &UpdateError) -> String {
+    use otter_keys::metadata::MetadataError;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(MetadataError::Expired { now, .. }) = err.downcast_ref::<MetadataError>() {
+            return format!(
+                " (the terminal's clock says {now}: if that is far off, set the clock right; \
+                 otherwise the repository or a mirror serves stale metadata)"
+            );
+        }
+        cur = err.source();
+    }
+    String::new()
 }
 
 fn short(s: &str, n: usize) -> String {
@@ -313,6 +333,11 @@ fn pass(
         }
     }
     report.recoveries = recoveries;
+    // Migrations a crash or a failed restore left open: committed or restored first.
+    let last_backup_at = status.last_backup.as_ref().filter(|b| b.ok).map(|b| b.at);
+    for line in crate::migration::reconcile(cfg, state_dir, &applier, last_backup_at)? {
+        report.lines.push(line);
+    }
     let installed = applier.installed()?;
     let facts = DeviceFacts {
         device_id: state.device_id.clone(),
@@ -470,7 +495,7 @@ fn pass(
             kind: u.custom.kind,
             target: u.target.clone(),
         };
-        match applier.install(&got.path, &expected) {
+        match crate::migration::install(cfg, state_dir, &mut applier, &got.path, &expected) {
             Ok(outcome) => {
                 let rec = record_of(&outcome, &u.target, at());
                 if rec.result != ResultKind::Success {
@@ -485,9 +510,11 @@ fn pass(
             Err(e) => {
                 if matches!(
                     e,
-                    ApplyError::Bundle { .. }
-                        | ApplyError::Mismatch { .. }
-                        | ApplyError::Hook { .. }
+                    crate::migration::MigrationError::Apply(
+                        ApplyError::Bundle { .. }
+                            | ApplyError::Mismatch { .. }
+                            | ApplyError::Hook { .. }
+                    )
                 ) {
                     status
                         .blocked

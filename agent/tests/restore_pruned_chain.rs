@@ -1,7 +1,9 @@
 //! Restores from a chain that retention pruned (real backups in a local store, manifests
 //! removed as the server's retention would): without the pruning options the broken chain is
 //! refused; with them, the oldest kept backup, one after a gap and the newest all restore
-//! exactly, and a manifest stored under another sequence is still refused.
+//! exactly, and a manifest stored under another sequence is still refused. Given the pruned
+//! manifests' headers (as the server lists them), the chain is checked link by link across
+//! the gaps, and a forged pruned header is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "backup_common.rs"]
@@ -9,6 +11,7 @@ mod common;
 
 use common::{dump, pos, Terminal};
 use otter_agent::backup::{restore, RestoreError, RestoreOptions, Selector};
+use otter_keys::envelope::SignedManifest;
 
 fn pruned() -> RestoreOptions {
     RestoreOptions {
@@ -28,9 +31,13 @@ fn a_chain_pruned_by_retention_still_restores_and_still_refuses_a_replay() {
         pos(&["mutate", t.db.to_str().unwrap(), "append", "1"]);
     }
     let store = t.store();
-    // Retention kept #2, #4 and #5.
+    // Retention kept #2, #4 and #5; the server keeps the pruned ones' headers.
+    let mut pruned_headers = std::collections::BTreeMap::new();
     for seq in [1u64, 3] {
-        std::fs::remove_file(store.manifest_path(&t.device_id, seq).unwrap()).unwrap();
+        let path = store.manifest_path(&t.device_id, seq).unwrap();
+        let m = SignedManifest::from_bytes(&std::fs::read(&path).unwrap(), 1 << 28).unwrap();
+        pruned_headers.insert(seq, m.header);
+        std::fs::remove_file(path).unwrap();
     }
     let out = t.dir.path().join("restored.db");
     let run = |selector, options: &RestoreOptions| {
@@ -71,4 +78,23 @@ fn a_chain_pruned_by_retention_still_restores_and_still_refuses_a_replay() {
     assert!(err.to_string().contains("replayed"), "{err}");
     std::fs::write(&four, four_bytes).unwrap();
     assert!(run(Selector::Latest, &pruned()).is_ok());
+
+    // With the pruned headers, the whole chain is checked link by link, no gap allowed.
+    let linked = |headers| RestoreOptions {
+        pruned_headers: headers,
+        ..RestoreOptions::default()
+    };
+    let r = run(Selector::Latest, &linked(pruned_headers.clone())).unwrap();
+    assert_eq!(r.sequence, 5);
+    assert_eq!(dump(&out), dumps[4]);
+    let mut forged = pruned_headers.clone();
+    forged.get_mut(&3).unwrap().created = forged[&3].created.plus_secs(-1);
+    let err = run(Selector::Latest, &linked(forged)).unwrap_err();
+    assert!(err.to_string().contains("previous hash"), "{err}");
+    let mut partial = pruned_headers;
+    partial.remove(&1);
+    assert!(
+        run(Selector::Latest, &linked(partial)).is_err(),
+        "a prefix the headers do not cover needs allow_pruned_prefix"
+    );
 }

@@ -41,7 +41,7 @@ pub const MAGIC: [u8; 8] = *b"OTRDELT1";
 /// Length of the header.
 pub const HEADER_LEN: usize = 8 + 8 + 32 + 8 + 32 + 4;
 /// Default bytes of output per frame: the decoder's memory beyond the base.
-pub const DEFAULT_SEGMENT: u32 = 16 * 1024 * 1024;
+pub const DEFAULT_SEGMENT: u32 = 32 * 1024 * 1024;
 /// Smallest segment accepted (keeps a hostile header from asking for millions of frames).
 pub const MIN_SEGMENT: u32 = 64 * 1024;
 /// Largest segment accepted.
@@ -374,7 +374,26 @@ where
     Ok(Summary { header, delta_len })
 }
 
+/// Compresses one segment at level 1 and, unless that frame is already tiny, at `level`,
+/// keeping the smaller frame: level 1's match finder picks matches up again right after
+/// each changed block (it wins on images whose changes are scattered incompressible
+/// blocks), higher levels win on executables.
 fn compress_segment(base: &[u8], seg: &[u8], level: i32, wlog: u32) -> Result<Vec<u8>, DeltaError> {
+    let fast = compress_at(base, seg, 1, wlog)?;
+    // Below 1/32 of its segment, the frame is nearly all matches into the base: a higher
+    // level could shave only a fraction of an already tiny frame, at many times the time.
+    if level <= 1 || fast.len() < seg.len() / 32 {
+        return Ok(fast);
+    }
+    let strong = compress_at(base, seg, level, wlog)?;
+    Ok(if strong.len() < fast.len() {
+        strong
+    } else {
+        fast
+    })
+}
+
+fn compress_at(base: &[u8], seg: &[u8], level: i32, wlog: u32) -> Result<Vec<u8>, DeltaError> {
     let mut c = CCtx::try_create().ok_or(DeltaError::Zstd {
         what: "creating a compression context",
         name: "out of memory",

@@ -103,6 +103,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The web console's sessions (`[console]`).
     pub console: crate::console::ConsoleConfig,
+    /// Alerts from devices' security events: the optional signed webhook (`[alerts]`).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// Where blobs, repository files and backups are kept (`[store]`): a local directory, or an
@@ -221,6 +223,7 @@ impl Default for Config {
             backups: BackupsConfig::default(),
             store: StoreConfig::default(),
             console: crate::console::ConsoleConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }
@@ -320,6 +323,8 @@ impl Config {
         self.rollouts.validate().map_err(ConfigError::Invalid)?;
         self.deltas.validate().map_err(ConfigError::Invalid)?;
         self.console.validate().map_err(ConfigError::Invalid)?;
+        crate::alerts::Alerts::from_config(&self.alerts)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.workers == Some(0) {
             return Err(ConfigError::Invalid("workers = 0: give at least 1".into()));
         }

@@ -28,6 +28,7 @@
 //! - [`metrics`]: Prometheus counters and their text exposition.
 //! - [`console`]: the web console under `/console` (sessions, CSRF, server-rendered pages).
 
+pub mod alerts;
 pub mod audit;
 pub mod backups;
 pub mod bundle;
@@ -184,10 +185,15 @@ impl Server {
         });
         let manifest_cap = config.backups.max_manifest_bytes;
         let console_state = web::Data::new(console::ConsoleState::new(config.console.clone()));
+        let alerts = web::Data::new(
+            alerts::Alerts::from_config(&config.alerts)
+                .map_err(|e| ServerError::Config(ConfigError::Invalid(e.to_string())))?,
+        );
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(console_state.clone())
+                .app_data(alerts.clone())
                 .wrap(middleware::from_fn(metrics::track))
                 .wrap(middleware::from_fn(http::log_request))
                 .configure(|c| http::configure_with_manifest_cap(c, manifest_cap))

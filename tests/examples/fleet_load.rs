@@ -259,7 +259,10 @@ fn enroll_one(conn: &mut Conn, admin: &str) -> Res<Terminal> {
         ));
     }
     let v: Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
-    let token = v["token"].as_str().ok_or("no token in the answer")?.to_owned();
+    let token = v["token"]
+        .as_str()
+        .ok_or("no token in the answer")?
+        .to_owned();
     let key = SigningKey::generate();
     let recipient = otter_keys::age::x25519::Identity::generate()
         .to_public()
@@ -382,7 +385,10 @@ fn run() -> Res<Value> {
                         errors: BTreeMap::new(),
                     };
                     let err = |tally: &mut Tally, e: String| {
-                        *tally.errors.entry(e.chars().take(120).collect()).or_default() += 1;
+                        *tally
+                            .errors
+                            .entry(e.chars().take(120).collect())
+                            .or_default() += 1;
                     };
                     let Ok(mut conn) = Conn::new(base) else {
                         return tally;
@@ -402,8 +408,7 @@ fn run() -> Res<Value> {
                                 break 'outer;
                             }
                             let t0 = Instant::now();
-                            match conn.request("GET", "/repo/metadata/timestamp.json", &[], b"")
-                            {
+                            match conn.request("GET", "/repo/metadata/timestamp.json", &[], b"") {
                                 Ok(r) if r.status == 200 => tally
                                     .poll_us
                                     .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),

@@ -2,8 +2,9 @@
 //! binaries (`OTTER_BIN_DIR`), it must report every one of its steps done, in order, show the
 //! rollback of the release whose health check fails, restore a database whose content hash is
 //! the one it backed up (and differs from the damaged one), and leave nothing behind: the
-//! server it started no longer answers and its scratch directory is gone. A step that fails
-//! stops the demo with a message naming the step, and the same clean-up.
+//! server it started no longer answers and its scratch directory is gone. Without the shared
+//! sales database tool (a fresh clone) it makes its own database. A step that fails stops
+//! the demo with a message naming the step, and the same clean-up.
 //!
 //! The binaries are taken from the target dir next to this test executable: build them
 //! first (`cargo build --workspace`; `cargo test --workspace` does).
@@ -11,7 +12,6 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -53,17 +53,18 @@ fn after<'a>(stdout: &'a str, prefix: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-/// The server the demo started (from its "server listening on http://ADDR" line) refuses
-/// connections, and the demo's scratch directory under `tmp` is gone.
+/// The server the demo started (its "server process PID" line) is gone, and the demo's
+/// scratch directory under `tmp` is too.
 fn assert_nothing_left(stdout: &str, tmp: &Path, out: &Output) {
-    let url = stdout
-        .lines()
-        .find_map(|l| l.split("server listening on http://").nth(1))
-        .map(|rest| rest.split(',').next().unwrap().trim().to_owned())
-        .unwrap_or_else(|| panic!("no 'server listening on' line: {}", show(out)));
+    let pid: u32 = after(stdout, "server process ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no 'server process PID' line: {}", show(out)));
+    // The pid may have been reused since, but not by a process of this demo.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     assert!(
-        TcpStream::connect(&url).is_err(),
-        "the demo's server at {url} still answers after the demo ended"
+        !String::from_utf8_lossy(&cmdline).contains("otter-demo."),
+        "the demo's server (pid {pid}) still runs after the demo ended"
     );
     let left: Vec<_> = std::fs::read_dir(tmp)
         .unwrap()
@@ -75,8 +76,27 @@ fn assert_nothing_left(stdout: &str, tmp: &Path, out: &Output) {
 
 #[test]
 fn the_demo_runs_every_step_rolls_back_restores_the_backed_up_database_and_cleans_up() {
+    let stdout = full_run(None);
+    // The reference sales database tool, when the shared tools are beside the repository.
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/pos_db.py");
+    if tool.exists() {
+        assert!(stdout.contains("made with pos_db.py"), "{stdout}");
+    }
+}
+
+/// A fresh clone without `../shared`: the demo makes its sales database with python3's sqlite3.
+#[test]
+fn the_demo_makes_its_own_sales_database_when_the_shared_tool_is_absent() {
+    let stdout = full_run(Some(Path::new("/nonexistent/pos_db.py")));
+    assert!(stdout.contains("made with python3's sqlite3"), "{stdout}");
+}
+
+/// Runs the whole demo (with `pos_db` as `OTTER_POS_DB` if given) and checks every claim of
+/// `the_demo_runs_every_step_...`; returns its stdout.
+fn full_run(pos_db: Option<&Path>) -> String {
     let tmp = tempfile::tempdir().unwrap();
-    let out = demo(tmp.path(), &[]);
+    let extra: Vec<(&str, &Path)> = pos_db.map(|p| ("OTTER_POS_DB", p)).into_iter().collect();
+    let out = demo(tmp.path(), &extra);
     assert!(out.status.success(), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
 
@@ -141,6 +161,7 @@ fn the_demo_runs_every_step_rolls_back_restores_the_backed_up_database_and_clean
     );
 
     assert_nothing_left(&stdout, tmp.path(), &out);
+    stdout
 }
 
 #[test]

@@ -9,6 +9,10 @@
 //! backups and countersign with the same receipt key (the terminal verifies its backup from
 //! the new server), and carry on: a release published after the restore reaches the terminal.
 //! A restore that forgot the keys directory is refused with a message naming it.
+//! When the database copy is older than what terminals already saw (a release published after
+//! it), the recorded audit head shows the lost entries, terminals refuse the restored
+//! server's metadata as a rollback and report it, and they update again once publishing has
+//! carried the versions past the ones they trust.
 //!
 //! The binaries are taken from the target dir next to this test executable: build them
 //! first (`cargo build --workspace`; `cargo test --workspace` does).
@@ -217,6 +221,19 @@ fn repoint(state: &Path, old_url: &str, new_url: &str) {
 
 #[test]
 fn a_running_servers_copies_restore_onto_a_new_data_dir_with_repository_audit_chain_and_backups() {
+    disaster(false);
+}
+
+/// The database copy is older than what terminals saw: a release was published (and
+/// installed) after it. The recorded audit head reveals the lost entries; terminals refuse
+/// the restored server's metadata as a rollback, report it, and update again once
+/// publishing has carried the versions past those they trusted.
+#[test]
+fn a_database_copy_older_than_what_terminals_saw_is_refused_as_a_rollback_until_versions_pass() {
+    disaster(true);
+}
+
+fn disaster(stale: bool) {
     let s = site();
     let t = s.tmp.path();
     let data = t.join("host-a/otter-data");
@@ -278,7 +295,8 @@ fn a_running_servers_copies_restore_onto_a_new_data_dir_with_repository_audit_ch
     std::fs::create_dir_all(&offsite).unwrap();
     online_backup(&data.join("otter.db"), &offsite.join("otter.db"));
     copy_tree(&data.join("keys"), &offsite.join("keys"));
-    if std::env::var("EXPLORE").is_ok() {
+    if stale {
+        // After the database copy: a release, installed by the terminal.
         s.publish(&server, &token, "1.0.5");
         assert!(s.update().contains("installed 1.0.5"));
     }
@@ -342,19 +360,9 @@ fn a_running_servers_copies_restore_onto_a_new_data_dir_with_repository_audit_ch
     copy_tree(&offsite.join("keys"), &restored.join("keys"));
     copy_tree(&offsite.join("store"), &restored.join("store"));
     let server = s.server(&restored, "host-b.log");
-    if std::env::var("EXPLORE").is_ok() {
-        repoint(&s.state, &old_url, &server.url);
-        let o = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
-        eprintln!("EXPLORE update after restore: {}", show(&o));
-        s.publish(&server, &token, "1.1.0");
-        let o = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
-        eprintln!("EXPLORE update after publish: {}", show(&o));
-        s.publish(&server, &token, "1.2.0");
-        s.publish(&server, &token, "1.3.0");
-        let o = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
-        eprintln!("EXPLORE update after 3 publishes: {}", show(&o));
-        eprintln!("EXPLORE server log: {}", std::fs::read_to_string(t.join("host-b.log")).unwrap());
-        panic!("explored");
+    if stale {
+        stale_restore(&s, &server, &restored, &token, &head, &old_url);
+        return;
     }
 
     // The audit chain is whole and still ends at the recorded head.
@@ -422,18 +430,56 @@ fn a_running_servers_copies_restore_onto_a_new_data_dir_with_repository_audit_ch
     ]));
     assert!(dry.contains("verified backup #1"), "{dry}");
     // ... and a release published after the restore reaches it; the audit chain goes on.
-    if std::env::var("EXPLORE").is_ok() {
-        let o = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
-        eprintln!("EXPLORE update after restore: {}", show(&o));
-        s.publish(&server, &token, "1.1.0");
-        let o = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
-        eprintln!("EXPLORE update after publish: {}", show(&o));
-        eprintln!("EXPLORE server log: {}", std::fs::read_to_string(t.join("host-b.log")).unwrap());
-        panic!("explored");
-    }
     s.publish(&server, &token, "1.1.0");
     assert!(s.update().contains("installed 1.1.0"));
     assert_eq!(s.active(), "1.1.0");
     let new_head = s.admin(&restored, &["audit", "verify", "--anchor", &head]);
     assert_ne!(new_head.trim(), head, "the publish was audited");
+}
+
+/// After restoring a database copy older than what the terminal trusts (see `disaster`).
+fn stale_restore(
+    s: &Site,
+    server: &ServerGuard,
+    restored: &Path,
+    token: &Path,
+    head: &str,
+    old_url: &str,
+) {
+    // The head recorded offsite names an entry the copy does not hold.
+    let out = command("otter-server")
+        .args(["audit", "verify", "--anchor", head, "--data-dir"])
+        .arg(restored)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("entries were removed from the end"),
+        "{}",
+        show(&out)
+    );
+    // The terminal refuses the older metadata and says why; the server hears of it.
+    repoint(&s.state, old_url, &server.url);
+    let out = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lower than trusted version") && err.contains("rollback"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(s.active(), "1.0.5");
+    let devices: Value =
+        serde_json::from_str(&s.admin(restored, &["devices", "list", "--json"])).unwrap();
+    assert_eq!(
+        devices[0]["last_report"]["security_events"][0]["kind"], "metadata_refused",
+        "{devices}"
+    );
+    // Publishing carries the versions past those the terminal trusted: the lost release
+    // again (its target is still in the store), then two more; then it updates again.
+    for v in ["1.0.5", "1.2.0", "1.3.0"] {
+        s.publish(server, token, v);
+    }
+    assert!(s.update().contains("installed 1.3.0"));
+    assert_eq!(s.active(), "1.3.0");
 }

@@ -362,6 +362,15 @@ impl Applier {
             .map(|v| self.component_dir(component).join(v)))
     }
 
+    /// The previous kept version of `component`, the one [`Applier::rollback`] would switch
+    /// to (`None`: not installed, or none kept).
+    pub fn previous_version(&self, component: &str) -> Result<Option<String>, ApplyError> {
+        if !otter_keys::release::is_component_name(component) {
+            return Ok(None);
+        }
+        Ok(self.journal.component(component)?.previous)
+    }
+
     /// Active version of every installed component.
     pub fn installed(&self) -> Result<BTreeMap<String, semver::Version>, ApplyError> {
         installed_in(&self.journal)
@@ -922,6 +931,25 @@ fn installed_in(j: &journal::Journal) -> Result<BTreeMap<String, semver::Version
         }
     }
     Ok(out)
+}
+
+/// Whether the (verified) bundle at `bundle` declares a database migration
+/// (`"migrates_database": true` in its `manifest.json`). Streams the bundle up to its
+/// manifest only; the full checks happen in [`Applier::install`].
+pub fn bundle_migrates_database(
+    bundle: &Path,
+    max_unpacked_bytes: u64,
+) -> Result<bool, ApplyError> {
+    match unpack::peek_manifest(bundle, max_unpacked_bytes) {
+        Ok(m) => Ok(m.migrates_database),
+        Err(unpack::UnpackError::Bundle(reason)) => Err(ApplyError::Bundle {
+            path: bundle.to_path_buf(),
+            reason,
+        }),
+        Err(unpack::UnpackError::Io(what, path, source)) => {
+            Err(ApplyError::Io { what, path, source })
+        }
+    }
 }
 
 /// Reads the manifest kept in an unpacked version directory.

@@ -46,6 +46,10 @@ pub(crate) struct Manifest {
     #[serde(default)]
     #[allow(dead_code)]
     pub min_installed_version: Option<String>,
+    /// The install command migrates the terminal's database: the agent backs it up first
+    /// and restores it with any rollback (`crate::migration`).
+    #[serde(default)]
+    pub migrates_database: bool,
 }
 
 /// Whether `p` is a safe relative path: `/`-separated components of `[A-Za-z0-9._+-]`, none
@@ -250,6 +254,44 @@ pub(crate) fn unpack(
     result
 }
 
+/// Reads only `manifest.json` from the bundle at `bundle` (streaming, nothing written) and
+/// parses it; the payload is not checked here ([`unpack`] does that).
+pub(crate) fn peek_manifest(bundle: &Path, max_unpacked: u64) -> Result<Manifest, UnpackError> {
+    let file = fs::File::open(bundle)
+        .map_err(|e| UnpackError::Io("opening bundle", bundle.to_path_buf(), e))?;
+    let mut decoder = zstd::stream::read::Decoder::new(file)
+        .map_err(|e| UnpackError::Bundle(format!("not a zstd stream: {e}")))?;
+    decoder
+        .window_log_max(MAX_WINDOW_LOG)
+        .map_err(|e| UnpackError::Bundle(format!("not a zstd stream: {e}")))?;
+    let capped = Capped {
+        inner: decoder,
+        left: max_unpacked,
+        tripped: false,
+    };
+    let mut archive = tar::Archive::new(capped);
+    for entry in archive.entries().map_err(bad_stream)? {
+        let entry = entry.map_err(bad_stream)?;
+        if entry.path_bytes().as_ref() != b"manifest.json" {
+            continue;
+        }
+        if entry.size() > MAX_MANIFEST_BYTES {
+            return Err(UnpackError::Bundle(format!(
+                "manifest.json is larger than {MAX_MANIFEST_BYTES} bytes"
+            )));
+        }
+        let mut bytes = Vec::new();
+        entry
+            .take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(bad_stream)?;
+        return Manifest::parse(&bytes).map_err(UnpackError::Bundle);
+    }
+    Err(UnpackError::Bundle(
+        "no manifest.json at its top level".into(),
+    ))
+}
+
 fn bad_stream(e: io::Error) -> UnpackError {
     UnpackError::Bundle(format!("corrupt zstd or tar stream: {e}"))
 }
@@ -443,6 +485,7 @@ mod tests {
             ("health", serde_json::json!([])),
             ("install", serde_json::json!([""])),
             ("extra", serde_json::json!(1)),
+            ("migrates_database", serde_json::json!("yes")),
         ];
         for (field, value) in cases {
             let mut v = good.clone();

@@ -121,6 +121,9 @@ pub struct ServerReceipts {
     pub receipt_public_hex: String,
     /// Countersignature by sequence number.
     pub by_sequence: BTreeMap<u64, Countersignature>,
+    /// Headers of manifests the server's retention pruned, by sequence (checked by the
+    /// restore through the chain's hash links; empty from a server that prunes nothing).
+    pub pruned: BTreeMap<u64, otter_keys::envelope::ManifestHeader>,
 }
 
 /// A [`BackupStore`] on `otter-server`, for one enrolled device.
@@ -203,10 +206,25 @@ impl<'a> HttpBackupStore<'a> {
                 .ok_or_else(|| bad("an unreadable countersignature"))?;
             by_sequence.insert(seq, cs);
         }
+        let mut pruned = BTreeMap::new();
+        for p in answer
+            .get("pruned")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            let header: otter_keys::envelope::ManifestHeader = p
+                .get("header")
+                .cloned()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .ok_or_else(|| bad("an unreadable pruned manifest header"))?;
+            pruned.insert(header.sequence, header);
+        }
         Ok(ServerReceipts {
             receipt_public_key,
             receipt_public_hex: key_hex.to_ascii_lowercase(),
             by_sequence,
+            pruned,
         })
     }
 

@@ -157,6 +157,10 @@ pub struct RestoreOptions {
     /// device, with a higher sequence and a time no earlier; give `receipts` too, so that
     /// every manifest is also vouched for by the server's countersignature.
     pub allow_pruned_gaps: bool,
+    /// Headers of manifests the server pruned, by sequence (from its manifest list): a gap
+    /// or a missing prefix they cover is checked link by link (sequence, previous hash,
+    /// time) up to the next stored manifest, whose device signature so vouches for them.
+    pub pruned_headers: BTreeMap<u64, ManifestHeader>,
     /// A manifest the caller knows exists (sequence and header hash, e.g. from the agent's
     /// local index): the chain must contain it, so a store cannot hide newer backups or
     /// present a forked history.
@@ -188,6 +192,7 @@ impl fmt::Debug for RestoreOptions {
         f.debug_struct("RestoreOptions")
             .field("allow_pruned_prefix", &self.allow_pruned_prefix)
             .field("allow_pruned_gaps", &self.allow_pruned_gaps)
+            .field("pruned_headers", &self.pruned_headers.len())
             .field("known_head", &self.known_head)
             .field("chunk_key", &self.chunk_key.as_ref().map(|_| "(given)"))
             .field("receipts", &self.receipts)
@@ -252,7 +257,8 @@ pub fn verify_chain(
             device: device_id.to_owned(),
         });
     };
-    if first != 1 && !options.allow_pruned_prefix {
+    let prefix_linked = (1..first).all(|k| options.pruned_headers.contains_key(&k));
+    if first != 1 && !options.allow_pruned_prefix && !prefix_linked {
         return Err(broken(format!(
             "its oldest stored manifest is #{first}: #1 to #{} are missing or were deleted",
             first - 1
@@ -280,12 +286,16 @@ pub fn verify_chain(
             })?;
             m.verify_countersignature(&check.server_key, cs)?;
         }
-        // Retention pruned backups in between: no hash link to check across the gap.
-        let gap = options.allow_pruned_gaps
+        // Retention pruned backups before this one: walk the pruned headers' links if the
+        // server gave them all; else (allowed) no hash link can be checked across the gap.
+        let bridge = walk_pruned(&options.pruned_headers, device_id, headers.last(), seq)?;
+        let gap = bridge.is_none()
+            && options.allow_pruned_gaps
             && headers
                 .last()
                 .is_some_and(|p| p.sequence.saturating_add(1) < seq);
         match headers.last() {
+            _ if bridge.is_some() => m.header.check_follows(bridge.as_ref())?,
             Some(prev) if gap && m.header.created < prev.created => {
                 return Err(broken(format!(
                     "manifest #{seq} was created before #{} that precedes it",
@@ -329,6 +339,37 @@ pub fn verify_chain(
         selector: selector.to_string(),
     })?;
     Ok(VerifiedChain { headers, selected })
+}
+
+/// Walks the headers of pruned manifests from `prev` (or from #1) up to `seq - 1`, checking
+/// each link; the header of `seq - 1` when there is a gap and every header of it is given.
+fn walk_pruned(
+    pruned: &BTreeMap<u64, ManifestHeader>,
+    device_id: &str,
+    prev: Option<&ManifestHeader>,
+    seq: u64,
+) -> Result<Option<ManifestHeader>, RestoreError> {
+    let start = prev.map_or(1, |p| p.sequence.saturating_add(1));
+    if start >= seq {
+        return Ok(None);
+    }
+    let mut last = prev.cloned();
+    for k in start..seq {
+        let Some(h) = pruned.get(&k) else {
+            return Ok(None);
+        };
+        if h.device_id != device_id || h.sequence != k {
+            return Err(RestoreError::Chain {
+                device: device_id.to_owned(),
+                reason: format!(
+                    "the server's header of pruned manifest #{k} is not #{k} of this device"
+                ),
+            });
+        }
+        h.check_follows(last.as_ref())?;
+        last = Some(h.clone());
+    }
+    Ok(last)
 }
 
 /// Restores a backup of `device_id` over `target` (see the module documentation):

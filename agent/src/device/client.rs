@@ -75,8 +75,30 @@ impl DeviceClient {
         self.send(path, bytes, Some(&headers))
     }
 
+    /// GETs `path`, signed by `key` as device `device_id` (over an empty body).
+    pub fn get_signed(
+        &self,
+        path: &str,
+        device_id: &str,
+        key: &SigningKey,
+    ) -> Result<Value, DeviceError> {
+        let now = otter_keys::time::UtcTime::now().unix();
+        let headers = sign_request(key, device_id, "GET", path, b"", now)?;
+        self.send_with(reqwest::Method::GET, path, Vec::new(), Some(&headers))
+    }
+
     fn send(
         &self,
+        path: &str,
+        body: Vec<u8>,
+        signature: Option<&otter_keys::request::SignatureHeaders>,
+    ) -> Result<Value, DeviceError> {
+        self.send_with(reqwest::Method::POST, path, body, signature)
+    }
+
+    fn send_with(
+        &self,
+        method: reqwest::Method,
         path: &str,
         body: Vec<u8>,
         signature: Option<&otter_keys::request::SignatureHeaders>,
@@ -88,7 +110,7 @@ impl DeviceClient {
         };
         let mut req = self
             .http
-            .post(&url)
+            .request(method, &url)
             .header("Content-Type", "application/json")
             .body(body);
         if let Some(h) = signature {

@@ -222,11 +222,42 @@ pub fn send_report(state_dir: &Path, report: &Value) -> Result<Value, DeviceErro
     )
 }
 
-/// The report the agent can make today: no installed components are tracked yet.
-pub fn current_report() -> Value {
+/// The body of a report made outside an update pass (`otter-agent report`): the installed
+/// versions (as read from the apply journal, read-only), the newest update result known
+/// from the status file, and the health those imply. Security events stay in the status
+/// file for the daemon's next report, which clears them once the server took them.
+pub fn current_report(
+    installed: &std::collections::BTreeMap<String, String>,
+    status: &crate::status::StatusFile,
+) -> Value {
+    use crate::status::ResultKind;
+    let last = status.results.first();
+    let last_update = last.map(|r| {
+        let target = if r.target.is_empty() {
+            &r.component
+        } else {
+            &r.target
+        };
+        json!({
+            "target": target.chars().take(128).collect::<String>(),
+            "result": match r.result {
+                ResultKind::Success => "success",
+                ResultKind::Failed => "failed",
+                ResultKind::RolledBack => "rolled_back",
+            },
+            "message": r.message.chars().take(1000).collect::<String>(),
+            "at": r.at,
+        })
+    });
+    let health = match last.map(|r| r.result) {
+        Some(ResultKind::RolledBack) => "degraded",
+        _ if !installed.is_empty() => "ok",
+        _ => "unknown",
+    };
     json!({
-        "installed": {},
-        "health": "unknown",
+        "installed": installed,
+        "last_update": last_update,
+        "health": health,
         "security_events": [],
         "agent_version": env!("CARGO_PKG_VERSION"),
     })

@@ -13,8 +13,10 @@
 //! - [`gc`]: `prune`: retention, then garbage collection of unreferenced packs.
 //! - [`verify`]: keyless verification of the catalog against the store.
 //! - [`quota`]: which pack uploads are admitted (stored-bytes quota, packs being collected).
+//! - [`requests`]: restore requests from admins/restorers, fetched and answered by devices.
 
 pub mod receipt;
+pub mod requests;
 pub mod gc;
 pub mod quota;
 pub mod retention;

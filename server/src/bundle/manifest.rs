@@ -44,6 +44,10 @@ pub struct Manifest {
     /// Lowest installed version this release may be applied over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_installed_version: Option<String>,
+    /// The install command migrates the terminal's database: the agent backs it up before
+    /// applying and restores it with any rollback of this release.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub migrates_database: bool,
 }
 
 /// Why a manifest was refused.
@@ -265,6 +269,29 @@ mod tests {
             assert!(parse(&v).is_err(), "{field} = {value}");
         }
         assert!(Manifest::parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn migrates_database_is_an_optional_bool() {
+        assert!(!parse(&good()).unwrap().migrates_database);
+        let mut v = good();
+        v["migrates_database"] = serde_json::json!(true);
+        let m = parse(&v).unwrap();
+        assert!(m.migrates_database);
+        // Written back only when set, so older manifests keep their bytes.
+        assert!(serde_json::to_string(&m)
+            .unwrap()
+            .contains("\"migrates_database\":true"));
+        let plain = parse(&good()).unwrap();
+        assert!(!serde_json::to_string(&plain).unwrap().contains("migrates"));
+        for bad in [
+            serde_json::json!("yes"),
+            serde_json::json!(1),
+            serde_json::json!({}),
+        ] {
+            v["migrates_database"] = bad.clone();
+            assert!(parse(&v).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub struct PublishArgs {
     /// The channel to publish to [default: stable].
     #[arg(long)]
     channel: Option<String>,
+    /// The rollout percent the release starts at, 0 to 100 [default: 100]. Raise it later
+    /// with `otter-server rollout set NAME VERSION --percent P`.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(0..=100))]
+    percent: Option<u64>,
+    /// Groups whose devices get the release whatever the percent (comma-separated, e.g.
+    /// `pilot,lab`).
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    groups: Vec<String>,
 }
 
 /// Counts bytes read into a progress bar.
@@ -75,11 +83,30 @@ pub fn run(a: PublishArgs) -> Result<()> {
         len,
     );
     let base = a.server.trim_end_matches('/');
-    let mut url = format!("{base}/api/v1/releases");
-    if let Some(c) = &a.channel {
-        url.push_str("?channel=");
-        url.push_str(c);
+    let mut url = reqwest::Url::parse(&format!("{base}/api/v1/releases"))
+        .with_context(|| format!("--server {}: not a URL", a.server))?;
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(c) = &a.channel {
+            q.append_pair("channel", c);
+        }
+        if let Some(p) = a.percent {
+            q.append_pair("percent", &p.to_string());
+        }
+        let groups: Vec<&str> = a
+            .groups
+            .iter()
+            .map(|g| g.trim())
+            .filter(|g| !g.is_empty())
+            .collect();
+        if !groups.is_empty() {
+            q.append_pair("groups", &groups.join(","));
+        }
     }
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    let url = url.to_string();
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(3600))
         .build()?;

@@ -6,21 +6,20 @@
 //!   device's last report, newest first: the alerts to look at.
 //! - `POST /console/backups/{device}/restore` (admin, restorer; CSRF-checked; the device id
 //!   typed again to confirm): records a restore request for one catalogued backup as an
-//!   audit entry `backup.restore_request`. Nothing acts on it yet: a restorer or an admin
-//!   then runs the restore (`otter-agent restore` on the terminal or its replacement).
+//!   audit entry `backup.restore_request` and a stored request that the device picks up
+//!   (`otter-agent run` with `[restore] allow_remote_requests`, or `restore --requested`).
 
 use std::collections::HashMap;
 use std::fmt::Write;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::Connection;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::auth::{ConsoleAuth, ConsoleError};
 use super::html::{self, esc, time, url_part};
-use super::{RequestRestore, NAV};
+use super::{AckAlerts, RequestRestore, NAV};
 use crate::audit::{self, Actor};
 use crate::db::unix_now;
 use crate::fleet::{list_devices, DeviceFilter};
@@ -160,6 +159,10 @@ pub async fn security(
     }
     events.sort_by_key(|e| std::cmp::Reverse(e.0));
     let mut b = String::new();
+    let ack_csrf = <AckAlerts as crate::http::auth::Policy>::ROLES
+        .contains(&auth.session.role)
+        .then(|| auth.session.csrf.as_str().to_owned());
+    alerts_section(&state, &mut b, ack_csrf.as_deref()).await?;
     let _ = write!(
         b,
         "<p class=\"count\">{} security events in the devices' last reports.</p>",
@@ -187,6 +190,122 @@ pub async fn security(
         b.push_str("</tbody></table></div>");
     }
     Ok(page(&auth, "Security events", "/security", &b))
+}
+
+/// The alerts raised from security events and rollbacks ([`crate::alerts`]), newest first.
+async fn alerts_section(
+    state: &AppState,
+    b: &mut String,
+    ack_csrf: Option<&str>,
+) -> Result<(), ConsoleError> {
+    let (alerts, open) = state
+        .db
+        .call(|c| {
+            Ok(crate::alerts::list(c, 500, false)
+                .and_then(|l| Ok((l, crate::alerts::open_count(c)?))))
+        })
+        .await
+        .map_err(|e| ConsoleError::internal("reading the alerts", &e))?
+        .map_err(|e| ConsoleError::internal("reading the alerts", &e))?;
+    let _ = write!(
+        b,
+        "<h2>Alerts</h2><p class=\"count\" id=\"alerts-open\">{open} open alerts.</p>"
+    );
+    if alerts.is_empty() {
+        b.push_str("<p class=\"empty\">No alert raised.</p>");
+        return Ok(());
+    }
+    b.push_str(
+        "<div class=\"scroll\"><table id=\"alerts\"><thead><tr><th scope=\"col\">Alert</th>\
+         <th scope=\"col\">Raised</th><th scope=\"col\">Device</th><th scope=\"col\">Kind</th>\
+         <th scope=\"col\">Detail</th><th scope=\"col\">Webhook</th><th scope=\"col\">State</th></tr></thead><tbody>",
+    );
+    for a in &alerts {
+        let _ = write!(
+            b,
+            "<tr class=\"alert\" data-alert=\"{}\"><td>#{}</td><td>{}</td><td><a href=\"/console/devices/{}\">{}</a></td>\
+             <td><span class=\"badge alert\">{}</span></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            a.id,
+            a.id,
+            time(a.raised_at),
+            url_part(&a.device_id),
+            esc(&a.device_id),
+            esc(&a.kind),
+            esc(&a.detail),
+            esc(&a.webhook),
+            match (a.acknowledged_at, ack_csrf) {
+                (Some(t), _) => format!("acknowledged {}", time(t)),
+                (None, Some(csrf)) => format!(
+                    "open <form method=\"post\" action=\"/console/alerts/{}/ack\" class=\"inline\">{}\
+                     <button type=\"submit\" id=\"ack-{}\">Acknowledge</button></form>",
+                    a.id,
+                    html::csrf_field(csrf),
+                    a.id
+                ),
+                (None, None) => "open".into(),
+            }
+        );
+    }
+    b.push_str("</tbody></table></div><h2>Events in the last reports</h2>");
+    Ok(())
+}
+
+/// `POST /console/alerts/{id}/ack` (admin, operator; CSRF-checked): acknowledges an open
+/// alert, audited (`alert.acknowledge`) in the same transaction.
+pub async fn acknowledge_alert(
+    auth: ConsoleAuth<AckAlerts>,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ConsoleError> {
+    let _form: HashMap<String, String> = auth.checked_form(&body)?;
+    let id: i64 = path
+        .trim()
+        .parse()
+        .map_err(|_| ConsoleError::BadRequest("an alert is named by its number".into()))?;
+    let actor = Actor::token(auth.session.token_id);
+    let done = state
+        .db
+        .call(move |c| {
+            let run = |c: &mut Connection| -> Result<bool, String> {
+                let tx = c.transaction().map_err(|e| e.to_string())?;
+                let Some(a) = crate::alerts::get(&tx, id).map_err(|e| e.to_string())? else {
+                    return Ok(false);
+                };
+                let now = unix_now();
+                if !crate::alerts::acknowledge(&tx, id, now).map_err(|e| e.to_string())? {
+                    return Ok(false);
+                }
+                audit::append(
+                    &tx,
+                    &actor,
+                    "alert.acknowledge",
+                    &format!("alert:{id}"),
+                    &serde_json::json!({"device": a.device_id, "kind": a.kind}),
+                    now,
+                )
+                .map_err(|e| e.to_string())?;
+                tx.commit().map_err(|e| e.to_string())?;
+                Ok(true)
+            };
+            Ok(run(c))
+        })
+        .await
+        .map_err(|e| ConsoleError::internal("acknowledging the alert", &e))?
+        .map_err(|e| {
+            ConsoleError::internal("acknowledging the alert", &std::io::Error::other(e))
+        })?;
+    if !done {
+        return Err(ConsoleError::NotFound(format!("no open alert #{id}")));
+    }
+    tracing::info!(
+        alert = id,
+        by = auth.session.token_id,
+        "alert acknowledged from the console"
+    );
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/console/security"))
+        .finish())
 }
 
 /// A restore request as recorded: when, by whom, which backup, why.
@@ -257,35 +376,18 @@ fn record_request(
     sequence: u64,
     reason: &str,
 ) -> Result<Option<i64>, ConsoleError> {
-    let seq = i64::try_from(sequence)
-        .map_err(|_| ConsoleError::BadRequest("the backup number is too large".into()))?;
-    let internal =
-        |e: &dyn std::fmt::Display| ConsoleError::internal("recording the restore request", e);
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| internal(&e))?;
-    let hash: Option<String> = tx
-        .query_row(
-            "SELECT header_hash FROM backup_manifests WHERE device_id = ?1 AND sequence = ?2",
-            rusqlite::params![device, seq],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| internal(&e))?;
-    let Some(hash) = hash else {
-        return Ok(None);
-    };
-    let entry = audit::append(
-        &tx,
+    // The same request as `POST /api/v1/backups/{device}/restore-requests`: stored for the
+    // device to pick up, audited in the same transaction.
+    let made = crate::backups::requests::create(
+        conn,
         actor,
-        RESTORE_REQUEST,
-        &format!("device:{device}"),
-        &json!({"sequence": sequence, "header_hash": hash, "reason": reason}),
+        device,
+        crate::backups::requests::Which::Sequence(sequence),
+        reason,
         unix_now(),
     )
-    .map_err(|e| internal(&e))?;
-    tx.commit().map_err(|e| internal(&e))?;
-    Ok(Some(entry.seq))
+    .map_err(|e| ConsoleError::internal("recording the restore request", &e))?;
+    Ok(made.map(|r| r.id))
 }
 
 /// `POST /console/backups/{device}/restore` (admin, restorer; CSRF-checked): `sequence`,
@@ -338,7 +440,7 @@ pub async fn request_restore(
     tracing::info!(
         device = %device,
         sequence,
-        audit_seq = entry,
+        request = entry,
         by = auth.session.token_id,
         "restore requested from the console"
     );

@@ -117,6 +117,13 @@ impl Policy for RequestRestore {
     const WHAT: &'static str = "requesting a restore";
 }
 
+/// Acknowledging alerts ([`crate::alerts`]): admin, operator.
+pub struct AckAlerts;
+impl Policy for AckAlerts {
+    const ROLES: &'static [TokenRole] = &[TokenRole::Admin, TokenRole::Operator];
+    const WHAT: &'static str = "acknowledging alerts";
+}
+
 /// Any signed-in role (sign-out, the home redirect).
 pub struct AnyRole;
 impl Policy for AnyRole {
@@ -161,6 +168,11 @@ pub const CONSOLE_ROUTES: &[(&str, &str, Access)] = &[
         "GET",
         "/console/security",
         Access::Roles(ReadDevices::ROLES),
+    ),
+    (
+        "POST",
+        "/console/alerts/{id}/ack",
+        Access::Roles(AckAlerts::ROLES),
     ),
     ("GET", "/console/audit", Access::Roles(ReadAudit::ROLES)),
 ];
@@ -265,6 +277,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 web::post().to(audit::request_restore),
             )
             .route("/security", web::get().to(audit::security))
+            .route("/alerts/{id}/ack", web::post().to(audit::acknowledge_alert))
             .route("/audit", web::get().to(audit::audit_log))
             .default_service(web::to(pages::not_found)),
     );

@@ -261,6 +261,25 @@ CREATE TABLE backup_verifications (
 ) STRICT;
 "#,
     },
+    Migration {
+        version: 8,
+        name: "restore requests: asked by admins or restorers, fetched and answered by devices",
+        sql: r#"
+CREATE TABLE restore_requests (
+    id            INTEGER PRIMARY KEY,
+    device_id     TEXT    NOT NULL,
+    sequence      INTEGER NOT NULL,
+    header_hash   TEXT    NOT NULL,
+    reason        TEXT    NOT NULL,
+    requested_by  TEXT    NOT NULL,
+    requested_at  INTEGER NOT NULL,
+    status        TEXT    NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
+    result        TEXT,
+    finished_at   INTEGER
+) STRICT;
+CREATE INDEX restore_requests_device ON restore_requests (device_id, status);
+"#,
+    },
 ];
 
 /// Brings the schema up to date.

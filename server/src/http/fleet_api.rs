@@ -175,6 +175,7 @@ pub async fn enroll(
 pub async fn report(
     device: SignedDevice,
     state: web::Data<AppState>,
+    alerts: Option<web::Data<crate::alerts::Alerts>>,
 ) -> Result<HttpResponse, ApiError> {
     let report: DeviceReport = serde_json::from_slice(&device.body).map_err(|e| {
         ApiError::bad_request("invalid_report", format!("the report is not valid: {e}"))
@@ -193,12 +194,17 @@ pub async fn report(
     let now = unix_now();
     let id = device.device_id.clone();
     let outcome = report.last_update.clone();
+    let raised = alerts.is_some().then(|| report.clone());
     state
         .db
         .call(move |c| Ok(store_report(c, &id, &report, now)))
         .await
         .map_err(db_err)?
         .map_err(fleet_err)?;
+    // Security events and rollbacks raise alerts (stored; the webhook goes in the background).
+    if let (Some(a), Some(r)) = (&alerts, &raised) {
+        a.raise(&state.db, &device.device_id, r, now).await;
+    }
     if let Some(outcome) = outcome {
         // The report is stored; a failure here is the server's, not the device's.
         if let Err(e) = crate::rollout::after_report(

@@ -38,6 +38,15 @@ pub async fn metrics(
         }
     };
     let mut body = metrics::render(devices.as_ref());
+    match state
+        .db
+        .call(|c| Ok(crate::alerts::render_metrics(c)))
+        .await
+    {
+        Ok(Ok(text)) => body.push_str(&text),
+        Ok(Err(e)) => tracing::error!(error = %e, "metrics: reading alerts failed"),
+        Err(e) => tracing::error!(error = %e, "metrics: reading alerts failed"),
+    }
     match state.repo.expiries().await {
         Ok(e) => body.push_str(&metrics::render_expiries(&e)),
         Err(e) => tracing::error!(error = %e, "metrics: reading metadata expiries failed"),

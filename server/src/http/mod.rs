@@ -15,6 +15,7 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod releases;
+pub mod restore_requests;
 pub mod rollouts_api;
 pub mod tokens_api;
 pub mod upload;
@@ -230,6 +231,26 @@ pub const API_ROUTES: &[(&str, &str, Access)] = {
         ),
         (
             "POST",
+            "/api/v1/backups/{device}/restore-requests",
+            Access::Roles(crate::console::RequestRestore::ROLES),
+        ),
+        (
+            "GET",
+            "/api/v1/backups/{device}/restore-requests",
+            Access::Roles(crate::console::RequestRestore::ROLES),
+        ),
+        (
+            "GET",
+            "/api/v1/device/restore-requests",
+            Access::DeviceSignature,
+        ),
+        (
+            "POST",
+            "/api/v1/device/restore-requests/{id}",
+            Access::DeviceSignature,
+        ),
+        (
+            "POST",
             "/api/v1/backup-maintenance/prune",
             Access::Roles(backups_admin::PruneBackups::ROLES),
         ),
@@ -274,6 +295,23 @@ pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_by
     .service(
         web::resource("/api/v1/backups")
             .route(web::get().to(backups_api::list))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    // Before `/api/v1/backups/{device}/{sequence}`, which would take `restore-requests`.
+    .service(
+        web::resource("/api/v1/backups/{device}/restore-requests")
+            .route(web::post().to(restore_requests::create))
+            .route(web::get().to(restore_requests::list))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/device/restore-requests")
+            .route(web::get().to(restore_requests::pending))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/device/restore-requests/{id}")
+            .route(web::post().to(restore_requests::finish))
             .default_service(web::to(error::method_not_allowed)),
     )
     .service(

@@ -267,6 +267,17 @@ fn described(method: &str, path: &str) -> Described {
         ("GET", "/api/v1/device/backups/manifests/{sequence}") => d("Download one of this device's stored manifests", None, 200, None),
         ("GET", "/api/v1/backups") => d("The backup catalog; query `device`", None, 200, None),
         ("GET", "/api/v1/backups/{device}/{sequence}") => d("One backup of a device: manifest summary and receipt", None, 200, None),
+        ("POST", "/api/v1/backups/{device}/restore-requests") => d(
+            "Ask the device to restore a catalogued backup (audited); the device picks it up",
+            obj(json!({"type": "object", "required": ["backup", "reason"], "properties": {
+                "backup": {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "latest"}]},
+                "reason": {"type": "string", "maxLength": 512}}})), 201, None),
+        ("GET", "/api/v1/backups/{device}/restore-requests") => d("The device's restore requests, newest first", None, 200, None),
+        ("GET", "/api/v1/device/restore-requests") => d("This device's pending restore requests", None, 200, None),
+        ("POST", "/api/v1/device/restore-requests/{id}") => d(
+            "Report the outcome of a pending restore request (audited)",
+            obj(json!({"type": "object", "required": ["ok", "message"], "properties": {
+                "ok": {"type": "boolean"}, "message": {"type": "string"}}})), 200, None),
         ("POST", "/api/v1/backup-maintenance/prune") => d(
             "Apply backup retention, then garbage-collect unreferenced packs (audited); query `device`, `dry_run`",
             None, 200, None),

@@ -1,0 +1,198 @@
+//! Restore requests: an admin or restorer asks a device to restore one of its catalogued
+//! backups (a sequence, or the latest); the device fetches its pending requests through its
+//! signed API, runs the restore and reports the outcome. Each change is stored and audited
+//! in the same transaction.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::audit::{self, Actor};
+
+/// The audit action of a new restore request.
+pub const REQUESTED: &str = "backup.restore_request";
+/// The audit action of a device's report on a request.
+pub const FINISHED: &str = "backup.restore_result";
+/// Longest reason or result message kept.
+pub const MAX_TEXT: usize = 1000;
+
+/// Why a request could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The database failed.
+    #[error("the database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The audit log refused the entry.
+    #[error("the audit log: {0}")]
+    Audit(#[from] audit::AuditError),
+}
+
+/// Which backup to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The newest catalogued backup of the device.
+    Latest,
+    /// This sequence.
+    Sequence(u64),
+}
+
+/// One restore request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestoreRequest {
+    /// Its id.
+    pub id: i64,
+    /// The device that restores.
+    pub device_id: String,
+    /// The backup's sequence.
+    pub sequence: u64,
+    /// The backup's manifest header hash (what the device must find).
+    pub header_hash: String,
+    /// Why.
+    pub reason: String,
+    /// Who asked (`token:ID`).
+    pub requested_by: String,
+    /// When, Unix seconds.
+    pub requested_at: i64,
+    /// `pending`, `done` or `failed`.
+    pub status: String,
+    /// The device's message, once finished.
+    pub result: Option<String>,
+    /// When the device reported, Unix seconds.
+    pub finished_at: Option<i64>,
+}
+
+const COLUMNS: &str = "id, device_id, sequence, header_hash, reason, requested_by, requested_at, status, result, finished_at";
+
+fn row(r: &rusqlite::Row) -> rusqlite::Result<RestoreRequest> {
+    Ok(RestoreRequest {
+        id: r.get(0)?,
+        device_id: r.get(1)?,
+        sequence: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+        header_hash: r.get(3)?,
+        reason: r.get(4)?,
+        requested_by: r.get(5)?,
+        requested_at: r.get(6)?,
+        status: r.get(7)?,
+        result: r.get(8)?,
+        finished_at: r.get(9)?,
+    })
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_TEXT)
+        .collect()
+}
+
+/// Stores a request for `device` and audits it, in one transaction. `None` when the device
+/// has no such backup (or none at all for [`Which::Latest`]).
+pub fn create(
+    conn: &mut Connection,
+    actor: &Actor,
+    device: &str,
+    which: Which,
+    reason: &str,
+    now: i64,
+) -> Result<Option<RestoreRequest>, RequestError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: Option<(i64, String)> = match which {
+        Which::Latest => tx
+            .query_row(
+                "SELECT sequence, header_hash FROM backup_manifests WHERE device_id = ?1
+                 ORDER BY sequence DESC LIMIT 1",
+                [device],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?,
+        Which::Sequence(s) => match i64::try_from(s) {
+            Ok(s) => tx
+                .query_row(
+                    "SELECT sequence, header_hash FROM backup_manifests
+                     WHERE device_id = ?1 AND sequence = ?2",
+                    rusqlite::params![device, s],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?,
+            Err(_) => None,
+        },
+    };
+    let Some((sequence, hash)) = found else {
+        return Ok(None);
+    };
+    let reason = clean(reason);
+    tx.execute(
+        "INSERT INTO restore_requests
+             (device_id, sequence, header_hash, reason, requested_by, requested_at, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
+        rusqlite::params![device, sequence, hash, reason, actor.id, now],
+    )?;
+    let id = tx.last_insert_rowid();
+    audit::append(
+        &tx,
+        actor,
+        REQUESTED,
+        &format!("device:{device}"),
+        &json!({"request": id, "sequence": sequence, "header_hash": hash, "reason": reason}),
+        now,
+    )?;
+    let req = tx.query_row(
+        &format!("SELECT {COLUMNS} FROM restore_requests WHERE id = ?1"),
+        [id],
+        row,
+    )?;
+    tx.commit()?;
+    Ok(Some(req))
+}
+
+/// The requests of `device`, newest first; only the pending ones when `pending_only`.
+pub fn list(
+    conn: &Connection,
+    device: &str,
+    pending_only: bool,
+) -> Result<Vec<RestoreRequest>, RequestError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM restore_requests WHERE device_id = ?1
+         AND (?2 = 0 OR status = 'pending') ORDER BY id DESC LIMIT 100"
+    ))?;
+    let rows = stmt.query_map(rusqlite::params![device, i64::from(pending_only)], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records the device's outcome of its pending request `id` and audits it, in one
+/// transaction. `None` when the device has no pending request with this id.
+pub fn finish(
+    conn: &mut Connection,
+    device: &str,
+    id: i64,
+    ok: bool,
+    message: &str,
+    now: i64,
+) -> Result<Option<RestoreRequest>, RequestError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let message = clean(message);
+    let status = if ok { "done" } else { "failed" };
+    let n = tx.execute(
+        "UPDATE restore_requests SET status = ?1, result = ?2, finished_at = ?3
+         WHERE id = ?4 AND device_id = ?5 AND status = 'pending'",
+        rusqlite::params![status, message, now, id, device],
+    )?;
+    if n == 0 {
+        return Ok(None);
+    }
+    audit::append(
+        &tx,
+        &Actor::device(device),
+        FINISHED,
+        &format!("device:{device}"),
+        &json!({"request": id, "status": status, "result": message}),
+        now,
+    )?;
+    let req = tx.query_row(
+        &format!("SELECT {COLUMNS} FROM restore_requests WHERE id = ?1"),
+        [id],
+        row,
+    )?;
+    tx.commit()?;
+    Ok(Some(req))
+}
