@@ -27,8 +27,9 @@ const MAX_KIND_LABELS: usize = 32;
 /// How far a webhook receiver should accept timestamps from its clock (documented value).
 pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
 
-/// The tables, created on first use (the table is only ever appended to or acknowledged).
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS alerts(
+/// The alerts table: migration 9 of `crate::db` (`IF NOT EXISTS`: databases of builds that
+/// created it on first use migrate cleanly).
+pub(crate) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS alerts(
     id INTEGER PRIMARY KEY,
     device_id TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -98,12 +99,6 @@ pub struct Alert {
     pub webhook: String,
 }
 
-/// Creates the table when missing.
-pub fn ensure_schema(c: &Connection) -> Result<(), AlertsError> {
-    c.execute_batch(SCHEMA)?;
-    Ok(())
-}
-
 /// The events of a report that raise alerts: its security events and a rollback.
 pub fn events_of(report: &DeviceReport) -> Vec<(String, String, i64)> {
     let mut out: Vec<(String, String, i64)> = report
@@ -136,7 +131,6 @@ pub fn insert(
     now: i64,
     webhook: bool,
 ) -> Result<Vec<Alert>, AlertsError> {
-    ensure_schema(c)?;
     let tx = c.transaction()?;
     let mut out = Vec::new();
     let state = if webhook { "pending" } else { "off" };
@@ -165,7 +159,6 @@ pub fn insert(
 
 /// The newest `limit` alerts, newest first; only open ones with `open_only`.
 pub fn list(c: &Connection, limit: usize, open_only: bool) -> Result<Vec<Alert>, AlertsError> {
-    ensure_schema(c)?;
     let mut stmt = c.prepare(
         "SELECT id, device_id, kind, detail, event_at, raised_at, acknowledged_at, webhook
          FROM alerts WHERE (?1 = 0 OR acknowledged_at IS NULL) ORDER BY id DESC LIMIT ?2",
@@ -193,7 +186,6 @@ pub fn list(c: &Connection, limit: usize, open_only: bool) -> Result<Vec<Alert>,
 
 /// Acknowledges alert `id` at `now`; returns whether it was open.
 pub fn acknowledge(c: &Connection, id: i64, now: i64) -> Result<bool, AlertsError> {
-    ensure_schema(c)?;
     let n = c.execute(
         "UPDATE alerts SET acknowledged_at = ?2 WHERE id = ?1 AND acknowledged_at IS NULL",
         params![id, now],
@@ -203,7 +195,6 @@ pub fn acknowledge(c: &Connection, id: i64, now: i64) -> Result<bool, AlertsErro
 
 /// Alerts not acknowledged yet.
 pub fn open_count(c: &Connection) -> Result<u64, AlertsError> {
-    ensure_schema(c)?;
     let n: i64 = c.query_row(
         "SELECT count(*) FROM alerts WHERE acknowledged_at IS NULL",
         [],
@@ -216,7 +207,6 @@ pub fn open_count(c: &Connection) -> Result<u64, AlertsError> {
 /// kinds get their own label, the rest `other`) and `otter_alerts_open`, in the text
 /// exposition format.
 pub fn render_metrics(c: &Connection) -> Result<String, AlertsError> {
-    ensure_schema(c)?;
     let mut stmt =
         c.prepare("SELECT kind, count(*) FROM alerts GROUP BY kind ORDER BY count(*) DESC, kind")?;
     let rows: Vec<(String, i64)> = stmt
@@ -510,7 +500,6 @@ async fn deliver(w: Webhook, db: Db, alerts: Vec<Alert>) {
 
 /// The alert with `id`, if any.
 pub fn get(c: &Connection, id: i64) -> Result<Option<Alert>, AlertsError> {
-    ensure_schema(c)?;
     Ok(c.query_row(
         "SELECT id, device_id, kind, detail, event_at, raised_at, acknowledged_at, webhook
          FROM alerts WHERE id = ?1",

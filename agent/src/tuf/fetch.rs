@@ -153,7 +153,7 @@ impl Fetcher for HttpFetcher {
             .send()
             .map_err(|e| FetchError::Transport {
                 url: url.to_string(),
-                message: e.without_url().to_string(),
+                message: otter_keys::report::describe(&e.without_url()),
             })?;
         let status = resp.status().as_u16();
         if status == 403 || status == 404 {
@@ -208,7 +208,7 @@ impl Fetcher for HttpFetcher {
         }
         let resp = req
             .send()
-            .map_err(|e| transport(e.without_url().to_string()))?;
+            .map_err(|e| transport(otter_keys::report::describe(&e.without_url())))?;
         let status = resp.status().as_u16();
         match status {
             403 | 404 => {

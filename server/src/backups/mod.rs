@@ -15,10 +15,10 @@
 //! - [`quota`]: which pack uploads are admitted (stored-bytes quota, packs being collected).
 //! - [`requests`]: restore requests from admins/restorers, fetched and answered by devices.
 
-pub mod receipt;
-pub mod requests;
 pub mod gc;
 pub mod quota;
+pub mod receipt;
+pub mod requests;
 pub mod retention;
 pub mod verify;
 

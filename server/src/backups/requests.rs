@@ -196,3 +196,72 @@ pub fn finish(
     tx.commit()?;
     Ok(Some(req))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(c: &Connection, device: &str, sequence: i64) {
+        c.execute(
+            "INSERT INTO backup_manifests (device_id, sequence, header_hash, header, created,
+                 pack_count, total_pack_bytes, new_pack_bytes, body_length, manifest_length,
+                 received_at, countersignature)
+             VALUES (?1, ?2, ?3, x'00', 1, 0, 0, 0, 0, 0, 1, 'sig')",
+            rusqlite::params![device, sequence, format!("{device}-{sequence}")],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn requests_are_stored_audited_fetched_and_finished_once() {
+        let d = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open_blocking(&d.path().join("otter.db")).unwrap();
+        db.with_conn_blocking(|c| -> Result<(), crate::db::DbError> {
+            let c: &mut Connection = c;
+            let who = Actor::token(3);
+            assert_eq!(
+                create(c, &who, "till-1", Which::Latest, "r", 10).unwrap(),
+                None
+            );
+            manifest(c, "till-1", 1);
+            manifest(c, "till-1", 2);
+            manifest(c, "till-2", 1);
+            assert_eq!(
+                create(c, &who, "till-1", Which::Sequence(9), "r", 10).unwrap(),
+                None
+            );
+            let audited = crate::audit::list(c, 0, 100).unwrap().len();
+            let r = create(c, &who, "till-1", Which::Latest, "lost\nsales", 11)
+                .unwrap()
+                .unwrap();
+            assert_eq!((r.sequence, r.header_hash.as_str()), (2, "till-1-2"));
+            assert_eq!(
+                (r.status.as_str(), r.reason.as_str()),
+                ("pending", "lostsales")
+            );
+            assert_eq!(r.requested_by, "token:3");
+            let old = create(c, &who, "till-1", Which::Sequence(1), "r", 12)
+                .unwrap()
+                .unwrap();
+            let entries = crate::audit::list(c, 0, 100).unwrap();
+            assert_eq!(entries.len(), audited + 2);
+            assert!(entries.iter().all(|e| e.action == REQUESTED));
+            assert_eq!(list(c, "till-1", true).unwrap().len(), 2);
+            assert!(list(c, "till-2", true).unwrap().is_empty());
+            // Another device cannot finish it; the device finishes it once.
+            assert_eq!(finish(c, "till-2", r.id, true, "x", 20).unwrap(), None);
+            let done = finish(c, "till-1", r.id, false, "integrity check failed", 21)
+                .unwrap()
+                .unwrap();
+            assert_eq!(done.status, "failed");
+            assert_eq!(done.result.as_deref(), Some("integrity check failed"));
+            assert_eq!(finish(c, "till-1", r.id, true, "again", 22).unwrap(), None);
+            let pending = list(c, "till-1", true).unwrap();
+            assert_eq!(pending.iter().map(|p| p.id).collect::<Vec<_>>(), [old.id]);
+            let last = crate::audit::list(c, 0, 100).unwrap().pop().unwrap();
+            assert_eq!(last.action, FINISHED);
+            Ok(())
+        })
+        .unwrap();
+    }
+}

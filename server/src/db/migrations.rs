@@ -280,6 +280,11 @@ CREATE TABLE restore_requests (
 CREATE INDEX restore_requests_device ON restore_requests (device_id, status);
 "#,
     },
+    Migration {
+        version: 9,
+        name: "alerts raised by devices' security events (console, metrics, webhook)",
+        sql: crate::alerts::SCHEMA,
+    },
 ];
 
 /// Brings the schema up to date.
