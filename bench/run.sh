@@ -68,6 +68,7 @@ need xdelta3 xdelta3
 need zstd zstd
 need python3 python3
 need sha256sum coreutils
+need curl curl
 need sqlite3 sqlite3 || true
 
 # ---------------------------------------------------------------- scratch space

@@ -158,6 +158,11 @@ pub struct BackupSchedule {
     pub interval_secs: u64,
     /// Bytes of compressed pages after which a pack is sealed and uploaded.
     pub pack_size: usize,
+    /// Upload bandwidth cap in bytes per second for the whole agent process (every upload
+    /// together); `0`: unlimited.
+    pub max_upload_bytes_per_sec: u64,
+    /// Pack uploads in flight at once (at most this many + 1 sealed packs in memory).
+    pub parallel_uploads: usize,
 }
 
 impl Default for BackupSchedule {
@@ -166,6 +171,8 @@ impl Default for BackupSchedule {
             database: None,
             interval_secs: 86_400,
             pack_size: crate::backup::DEFAULT_PACK_TARGET,
+            max_upload_bytes_per_sec: 0,
+            parallel_uploads: crate::backup::DEFAULT_PARALLEL_UPLOADS,
         }
     }
 }
@@ -256,6 +263,12 @@ impl AgentConfig {
         }
         if b.pack_size == 0 {
             return bad("backup.pack_size must be at least 1 byte".into());
+        }
+        if b.parallel_uploads == 0 || b.parallel_uploads > 64 {
+            return bad(format!(
+                "backup.parallel_uploads = {}: must be between 1 and 64",
+                b.parallel_uploads
+            ));
         }
         Ok(())
     }

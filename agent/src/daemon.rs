@@ -158,8 +158,12 @@ pub fn backup_once(
     state_dir: &Path,
     database: &Path,
     pack_size: usize,
+    max_upload_bytes_per_sec: u64,
+    parallel_uploads: usize,
 ) -> Result<String, DaemonError> {
-    use crate::backup::{run_backup, BackupConfig, BackupKeys, BackupRecipients, HttpBackupStore};
+    use crate::backup::{
+        run_backup_parallel, BackupConfig, BackupKeys, BackupRecipients, HttpBackupStore,
+    };
     use crate::device::{AgentState, DeviceError, Identity};
     let err = |e: &(dyn std::error::Error + 'static)| {
         DaemonError::Backup(otter_keys::report::describe(e))
@@ -196,8 +200,9 @@ pub fn backup_once(
     config.pack_target_size = pack_size;
     let store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)
         .map_err(|e| err(&e))?
-        .with_receipt_pin(crate::backup::http::receipt_pin_path(state_dir));
-    let r = run_backup(&config, &keys, &store).map_err(|e| err(&e))?;
+        .with_receipt_pin(crate::backup::http::receipt_pin_path(state_dir))
+        .with_rate_limit(max_upload_bytes_per_sec);
+    let r = run_backup_parallel(&config, &keys, &store, parallel_uploads).map_err(|e| err(&e))?;
     Ok(format!(
         "backup #{}: {} pages, {} new chunks, {} bytes shipped",
         r.sequence,
@@ -250,7 +255,13 @@ pub fn run(
             backup_due_in(cfg, &status, UtcTime::now().unix()),
             cfg.backup.database.as_deref(),
         ) {
-            let result = backup_once(&state_dir, db, cfg.backup.pack_size);
+            let result = backup_once(
+                &state_dir,
+                db,
+                cfg.backup.pack_size,
+                cfg.backup.max_upload_bytes_per_sec,
+                cfg.backup.parallel_uploads,
+            );
             let record = match &result {
                 Ok(msg) => {
                     log(msg);

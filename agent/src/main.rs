@@ -203,15 +203,23 @@ struct BackupArgs {
     /// Bytes of compressed pages after which a pack is sealed and uploaded.
     #[arg(long, value_name = "BYTES", default_value_t = otter_agent::backup::DEFAULT_PACK_TARGET)]
     pack_size: usize,
+    /// Upload bandwidth cap in bytes per second, for all uploads of this run together
+    /// (cellular links); 0: unlimited.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    limit_rate: u64,
+    /// Pack uploads in flight at once (at most N + 1 sealed packs are held in memory).
+    #[arg(long, value_name = "N", default_value_t = otter_agent::backup::DEFAULT_PARALLEL_UPLOADS)]
+    parallel: usize,
 }
 
 fn backup(a: BackupArgs) -> Result<()> {
     use otter_agent::backup::{
-        run_backup, BackupConfig, BackupKeys, BackupRecipients, HttpBackupStore,
+        run_backup_parallel, BackupConfig, BackupKeys, BackupRecipients, HttpBackupStore,
     };
     use otter_agent::device::{AgentState, DeviceError, Identity};
 
     anyhow::ensure!(a.pack_size > 0, "--pack-size must be at least 1 byte");
+    anyhow::ensure!(a.parallel > 0, "--parallel must be at least 1");
     let state = AgentState::load(&a.state_dir)?.ok_or_else(|| DeviceError::NotEnrolled {
         dir: a.state_dir.clone(),
     })?;
@@ -243,9 +251,27 @@ fn backup(a: BackupArgs) -> Result<()> {
     };
     let mut config = BackupConfig::new(&a.database, &a.state_dir, &state.device_id);
     config.pack_target_size = a.pack_size;
-    let store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)?
-        .with_receipt_pin(otter_agent::backup::http::receipt_pin_path(&a.state_dir));
-    let report = run_backup(&config, &keys, &store)?;
+    let mut store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)?
+        .with_receipt_pin(otter_agent::backup::http::receipt_pin_path(&a.state_dir))
+        .with_rate_limit(a.limit_rate);
+    // A progress bar of the pack bytes uploaded, on a terminal only.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "uploading new packs {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    });
+    if let Some(bar) = &bar {
+        store = store.with_progress(bar.clone());
+    }
+    let report = run_backup_parallel(&config, &keys, &store, a.parallel);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
     println!(
         "backup #{} of device {}: {} pages, {} new chunks, {} bytes shipped ({} in {} new packs, {} of manifest)",
         report.sequence,

@@ -45,7 +45,9 @@ Examples:
 
 --requested picks up the oldest restore request an admin or restorer made on the server
 (POST /api/v1/backups/DEVICE/restore-requests or the console), restores exactly that backup
-and reports the outcome to the server; with no pending request it does nothing."
+and reports the outcome to the server; with no pending request it does nothing. A repair
+request (\"backup\": \"newest-verifying\") restores the newest backup that verifies completely,
+walking back from the newest, and reports the backups refused and the rows lost per table."
 )]
 pub struct RestoreArgs {
     /// The agent's state dir (enrolled with `otter-agent enroll`).
@@ -312,6 +314,72 @@ impl Transfer {
     }
 }
 
+/// A backup refused by verification (the live database untouched): a repair goes on with
+/// the next older backup.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A repair: walks back from the request's backup (the newest when it was made) and
+/// restores the first that verifies completely. Returns the outcome and the report for the
+/// server: the backup restored, the rows lost per table, and each backup refused and why.
+fn repair(
+    a: &RestoreArgs,
+    req: &otter_agent::restore_requests::PendingRequest,
+) -> (Result<()>, String) {
+    let mut refused: Vec<String> = Vec::new();
+    let listed = |refused: &[String]| {
+        if refused.is_empty() {
+            String::new()
+        } else {
+            format!("; refused: {}", refused.join("; "))
+        }
+    };
+    for seq in (1..=req.sequence).rev() {
+        let one = RestoreArgs {
+            requested: false,
+            latest: false,
+            before: None,
+            id: Some(seq),
+            expect_header: (seq == req.sequence).then(|| req.header_hash.clone()),
+            ..a.clone()
+        };
+        match restore_one(one) {
+            Ok(loss) => {
+                let msg = format!(
+                    "repair: restored backup #{seq}, the newest that verifies; {loss}{}",
+                    listed(&refused)
+                );
+                return (Ok(()), msg);
+            }
+            Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                eprintln!("repair: backup #{seq} refused: {e:#}");
+                let why: String = format!("{e:#}").chars().take(200).collect();
+                refused.push(format!("#{seq} ({why})"));
+            }
+            Err(e) => {
+                let msg = format!(
+                    "repair: restoring backup #{seq} failed: {e:#}{}",
+                    listed(&refused)
+                );
+                return (Err(e), msg);
+            }
+        }
+    }
+    let msg = format!(
+        "repair: no backup verifies; the live database was not touched{}",
+        listed(&refused)
+    );
+    (Err(anyhow::anyhow!("{msg}")), msg)
+}
+
 /// `otter-agent restore --requested`: one pickup of the oldest pending request, its outcome
 /// reported to the server.
 fn requested(a: RestoreArgs) -> Result<()> {
@@ -321,20 +389,35 @@ fn requested(a: RestoreArgs) -> Result<()> {
         return Ok(());
     };
     println!(
-        "restore request {} by {}: backup #{} ({})",
-        req.id, req.requested_by, req.sequence, req.reason
+        "restore request {} by {}: {}backup #{} ({})",
+        req.id,
+        req.requested_by,
+        if req.repair {
+            "repair from the newest verifying "
+        } else {
+            ""
+        },
+        req.sequence,
+        req.reason
     );
-    let one = RestoreArgs {
-        requested: false,
-        id: Some(req.sequence),
-        expect_header: Some(req.header_hash.clone()),
-        ..a.clone()
+    let (result, message) = if req.repair {
+        repair(&a, req)
+    } else {
+        let one = RestoreArgs {
+            requested: false,
+            id: Some(req.sequence),
+            expect_header: Some(req.header_hash.clone()),
+            ..a.clone()
+        };
+        let result = restore_one(one);
+        let message = match &result {
+            Ok(loss) => format!("restored backup #{}; {loss}", req.sequence),
+            Err(e) => format!("{e:#}"),
+        };
+        (result.map(|_| ()), message)
     };
-    let result = restore(one);
-    let (ok, message) = match &result {
-        Ok(()) => (true, format!("restored backup #{}", req.sequence)),
-        Err(e) => (false, format!("{e:#}")),
-    };
+    println!("{message}");
+    let ok = result.is_ok();
     if let Err(e) = otter_agent::restore_requests::report(&a.state_dir, req.id, ok, &message) {
         let e = anyhow::Error::from(e).context(format!(
             "reporting the outcome of restore request {} to the server",
@@ -358,6 +441,12 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     if a.requested {
         return requested(a);
     }
+    restore_one(a).map(|_| ())
+}
+
+/// One restore (or dry run) of the selected backup; returns what it lost (or would lose).
+/// A backup that fails verification is a [`Refused`] error.
+fn restore_one(a: RestoreArgs) -> Result<String> {
     let selector = match (a.latest, a.id, &a.before) {
         (true, None, None) => Selector::Latest,
         (false, Some(n), None) => Selector::Sequence(n),
@@ -444,16 +533,16 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     if let Some((b, _)) = &bar {
         b.finish_and_clear();
     }
-    let prepared = prepared?;
+    let prepared = prepared
+        .map_err(|e| anyhow::Error::new(Refused(format!("{:#}", anyhow::Error::from(e)))))?;
     let r = prepared.report().clone();
     if let Some(h) = &a.expect_header {
         if &r.header_hash != h {
-            bail!(
+            return Err(anyhow::Error::new(Refused(format!(
                 "backup #{} has header {} but the request names {h}; the live database was \
                  not touched",
-                r.sequence,
-                r.header_hash
-            );
+                r.sequence, r.header_hash
+            ))));
         }
     }
     println!(
@@ -471,16 +560,17 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     );
     if a.dry_run {
         let live = live_row_counts(&a.database).map_err(anyhow::Error::from);
-        println!("dry run: {}", describe_loss(&live, prepared.row_counts()));
+        let loss = describe_loss(&live, prepared.row_counts());
+        println!("dry run: {loss}");
         println!("dry run: {} was not changed", a.database.display());
-        return Ok(());
+        return Ok(loss);
     }
 
     if let Some(argv) = &stop {
         run_command(argv, "stop")
             .map_err(|e| anyhow::anyhow!("{e:#}; the live database was not touched"))?;
     }
-    let result = (|| -> Result<()> {
+    let result = (|| -> Result<String> {
         let live = live_row_counts(&a.database).map_err(anyhow::Error::from);
         let loss = describe_loss(&live, prepared.row_counts());
         if a.online {
@@ -520,13 +610,13 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
             a.database.display(),
             if a.online { " (online)" } else { "" }
         );
-        Ok(())
+        Ok(loss)
     })();
     if stop.is_some() || start.is_some() {
         if let Some(argv) = &start {
             if let Err(e) = run_command(argv, "start") {
                 return match result {
-                    Ok(()) => Err(e.context("the database was restored")),
+                    Ok(_) => Err(e.context("the database was restored")),
                     Err(r) => Err(r.context(format!("and starting the application failed: {e:#}"))),
                 };
             }

@@ -26,6 +26,10 @@ pub struct PendingRequest {
     /// Who asked.
     #[serde(default)]
     pub requested_by: String,
+    /// A repair: restore the newest backup that verifies completely, starting at
+    /// `sequence` and walking back to older ones.
+    #[serde(default)]
+    pub repair: bool,
 }
 
 fn enrolled(state_dir: &Path) -> Result<(AgentState, Identity, DeviceClient), DeviceError> {

@@ -592,6 +592,7 @@ mod tests {
     #[test]
     fn alerts_are_stored_once_counted_and_acknowledged() {
         let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(SCHEMA).unwrap();
         let report = DeviceReport {
             security_events: vec![SecurityEvent {
                 kind: "integrity_drift".into(),

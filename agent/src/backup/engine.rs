@@ -11,13 +11,20 @@
 //!
 //! Packs are stored before the manifest that names them, and the manifest is one atomic put:
 //! a run killed at any point leaves no visible half-backup, and the next run reuses the packs.
+//!
+//! [`run_backup_parallel`] uploads up to N packs at once: N workers take sealed packs from a
+//! rendezvous channel (so at most N + 1 sealed packs are in memory); the manifest is stored
+//! only after every pack was; the first failure stops the run before its manifest.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use otter_keys::envelope::{
     ChunkLocation, EnvelopeError, ManifestBody, ManifestFields, ManifestHeader, PackBuilder,
-    PackId, PackRef, SignedManifest,
+    PackEntry, PackId, PackRef, SealedPack, SignedManifest,
 };
 use otter_keys::time::UtcTime;
 use serde_json::Value;
@@ -89,11 +96,100 @@ impl BackupReport {
     }
 }
 
-/// Takes one backup of the configured database into `store`.
+/// Takes one backup of the configured database into `store`, one pack upload at a time.
 pub fn run_backup(
     config: &BackupConfig,
     keys: &BackupKeys<'_>,
     store: &dyn BackupStore,
+) -> Result<BackupReport, BackupError> {
+    run(config, keys, store, None)
+}
+
+/// [`run_backup`] with up to `parallel` pack uploads in flight (1 or less: one at a time).
+pub fn run_backup_parallel(
+    config: &BackupConfig,
+    keys: &BackupKeys<'_>,
+    store: &(dyn BackupStore + Sync),
+    parallel: usize,
+) -> Result<BackupReport, BackupError> {
+    run(
+        config,
+        keys,
+        store,
+        (parallel > 1).then_some((store, parallel)),
+    )
+}
+
+/// An upload's outcome, from a worker: the pack and its chunks, once stored.
+type Uploaded = Result<(PackRef, Vec<PackEntry>), StoreError>;
+
+/// Where sealed packs go: stored at once, or handed to upload workers.
+enum Uploads<'a> {
+    Serial(&'a dyn BackupStore),
+    Parallel {
+        work: Option<SyncSender<SealedPack>>,
+        done: &'a Receiver<Uploaded>,
+    },
+}
+
+impl Uploads<'_> {
+    /// Records the uploads finished so far; waits for all of them when `all`.
+    fn collect(&mut self, state: &BackupState, all: bool) -> Result<(), BackupError> {
+        let Uploads::Parallel { work, done } = self else {
+            return Ok(());
+        };
+        if all {
+            // No more work: the workers end once the channel is drained.
+            *work = None;
+        }
+        loop {
+            let next = if all {
+                done.recv().ok()
+            } else {
+                done.try_recv().ok()
+            };
+            let Some(uploaded) = next else {
+                return Ok(());
+            };
+            let (pack, entries) = uploaded?;
+            state.record_pack(pack, &entries)?;
+        }
+    }
+}
+
+/// Uploads packs from `work` until it closes; after a failure (`stop`), drops the rest.
+fn upload_worker(
+    store: &(dyn BackupStore + Sync),
+    work: &Mutex<Receiver<SealedPack>>,
+    done: mpsc::Sender<Uploaded>,
+    stop: &AtomicBool,
+) {
+    loop {
+        // A poisoned lock only means another worker panicked; the channel is still whole.
+        let next = work.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(mut sealed) = next else {
+            return;
+        };
+        if stop.load(Ordering::SeqCst) {
+            continue;
+        }
+        let result = store
+            .put_pack(&sealed.id, &sealed.ciphertext)
+            .map(|()| (sealed.pack_ref(), std::mem::take(&mut sealed.entries)));
+        if result.is_err() {
+            stop.store(true, Ordering::SeqCst);
+        }
+        if done.send(result).is_err() {
+            stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn run(
+    config: &BackupConfig,
+    keys: &BackupKeys<'_>,
+    store: &dyn BackupStore,
+    parallel: Option<(&(dyn BackupStore + Sync), usize)>,
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
     let state = BackupState::new(&config.state_dir, &config.device_id);
@@ -129,28 +225,58 @@ pub fn run_backup(
         snapshot_time: snapshot.took(),
         total_time: Duration::ZERO,
     };
-    let mut page = Vec::with_capacity(page_size as usize);
-    let mut page_index = 0u64;
-    while reader.next_page(&mut page)? {
-        hasher.update(&page);
-        let id = keys.chunk_key.chunk_id(&page);
-        pages.push(id);
-        if !index.chunks.contains_key(&id) && !builder.contains(&id) {
-            let compressed = compressor.compress(page_index, &page)?;
-            builder.add(id, &compressed)?;
-            report.new_chunks += 1;
-            if builder.len() >= target {
-                let full = std::mem::replace(
-                    &mut builder,
-                    PackBuilder::with_capacity(target + page_size as usize * 2),
-                );
-                ship_pack(full, &recipients, store, &state, &mut index, &mut report)?;
+    let mut pack_pages = |uploads: &mut Uploads<'_>| -> Result<(), BackupError> {
+        let mut page = Vec::with_capacity(page_size as usize);
+        let mut page_index = 0u64;
+        while reader.next_page(&mut page)? {
+            hasher.update(&page);
+            let id = keys.chunk_key.chunk_id(&page);
+            pages.push(id);
+            if !index.chunks.contains_key(&id) && !builder.contains(&id) {
+                let compressed = compressor.compress(page_index, &page)?;
+                builder.add(id, &compressed)?;
+                report.new_chunks += 1;
+                if builder.len() >= target {
+                    let full = std::mem::replace(
+                        &mut builder,
+                        PackBuilder::with_capacity(target + page_size as usize * 2),
+                    );
+                    ship_pack(full, &recipients, uploads, &state, &mut index, &mut report)?;
+                }
             }
+            page_index += 1;
         }
-        page_index += 1;
-    }
-    if !builder.is_empty() {
-        ship_pack(builder, &recipients, store, &state, &mut index, &mut report)?;
+        if !builder.is_empty() {
+            let last = std::mem::replace(&mut builder, PackBuilder::with_capacity(0));
+            ship_pack(last, &recipients, uploads, &state, &mut index, &mut report)?;
+        }
+        uploads.collect(&state, true)
+    };
+    match parallel {
+        Some((sync_store, n)) => {
+            let (work_tx, work_rx) = mpsc::sync_channel::<SealedPack>(0);
+            let (done_tx, done_rx) = mpsc::channel();
+            let work_rx = Mutex::new(work_rx);
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                for _ in 0..n {
+                    let done_tx = done_tx.clone();
+                    let (work_rx, stop) = (&work_rx, &stop);
+                    s.spawn(move || upload_worker(sync_store, work_rx, done_tx, stop));
+                }
+                drop(done_tx);
+                let mut uploads = Uploads::Parallel {
+                    work: Some(work_tx),
+                    done: &done_rx,
+                };
+                let result = pack_pages(&mut uploads);
+                // Stop the workers (they drop what is queued) before they are joined.
+                stop.store(result.is_err(), Ordering::SeqCst);
+                drop(uploads);
+                result
+            })?;
+        }
+        None => pack_pages(&mut Uploads::Serial(store))?,
     }
     drop(snapshot);
 
@@ -213,18 +339,19 @@ pub fn run_backup(
     Ok(report)
 }
 
-/// Encrypts a full pack, stores it, and records it locally before anything else happens.
+/// Encrypts a full pack and stores it (or hands it to an upload worker); a stored pack is
+/// recorded in the local state before anything else happens. Its chunks are known to this
+/// run's in-memory index at once, so no later pack repeats them; a failed upload fails the
+/// run, which then stores no manifest.
 fn ship_pack(
     builder: PackBuilder,
     recipients: &[otter_keys::age::x25519::Recipient],
-    store: &dyn BackupStore,
+    uploads: &mut Uploads<'_>,
     state: &BackupState,
     index: &mut LocalIndex,
     report: &mut BackupReport,
 ) -> Result<(), BackupError> {
-    let sealed = builder.finish(recipients)?;
-    store.put_pack(&sealed.id, &sealed.ciphertext)?;
-    state.record_pack(sealed.pack_ref(), &sealed.entries)?;
+    let mut sealed = builder.finish(recipients)?;
     index
         .packs
         .insert(sealed.id, sealed.ciphertext.len() as u64);
@@ -233,6 +360,26 @@ fn ship_pack(
     }
     report.new_packs += 1;
     report.pack_bytes += sealed.ciphertext.len() as u64;
+    match uploads {
+        Uploads::Serial(store) => {
+            store.put_pack(&sealed.id, &sealed.ciphertext)?;
+            state.record_pack(sealed.pack_ref(), &sealed.entries)?;
+        }
+        Uploads::Parallel { work, .. } => {
+            if let Some(tx) = work {
+                // Blocks until a worker is free; fails only when every worker is gone.
+                if let Err(mpsc::SendError(back)) = tx.send(sealed) {
+                    sealed = back;
+                    uploads.collect(state, true)?;
+                    return Err(BackupError::Inconsistent(format!(
+                        "pack {}: no upload worker left",
+                        sealed.id
+                    )));
+                }
+            }
+            uploads.collect(state, false)?;
+        }
+    }
     Ok(())
 }
 

@@ -24,10 +24,10 @@
 //! the signed manifest. The server enforces the chain itself: a manifest that does not
 //! follow the device's last one is refused (409).
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use otter_keys::crypto::{PublicKey, SigningKey};
@@ -36,6 +36,7 @@ use otter_keys::request::sign_request;
 use serde_json::Value;
 
 use super::store::{BackupStore, StoreError};
+use super::throttle::{Throttle, ThrottledReader};
 
 /// Largest answer body read.
 const MAX_ANSWER: u64 = 1024 * 1024;
@@ -132,8 +133,10 @@ pub struct HttpBackupStore<'a> {
     device_id: String,
     key: &'a SigningKey,
     http: reqwest::blocking::Client,
-    receipt: RefCell<Option<ManifestReceipt>>,
+    receipt: Mutex<Option<ManifestReceipt>>,
     receipt_pin: Option<PathBuf>,
+    throttle: Option<Arc<Throttle>>,
+    progress: Option<indicatif::ProgressBar>,
 }
 
 impl std::fmt::Debug for HttpBackupStore<'_> {
@@ -160,8 +163,10 @@ impl<'a> HttpBackupStore<'a> {
             device_id: device_id.to_owned(),
             key,
             http,
-            receipt: RefCell::new(None),
+            receipt: Mutex::new(None),
             receipt_pin: None,
+            throttle: None,
+            progress: None,
         })
     }
 
@@ -173,9 +178,26 @@ impl<'a> HttpBackupStore<'a> {
         self
     }
 
+    /// Caps the bytes per second of every request body this store sends (packs and
+    /// manifests), all requests together; `0` leaves them unlimited.
+    pub fn with_rate_limit(mut self, bytes_per_sec: u64) -> Self {
+        self.throttle = (bytes_per_sec > 0).then(|| Throttle::new(bytes_per_sec));
+        self
+    }
+
+    /// Shows the pack bytes uploaded on `bar`: each pack adds its size to the bar's length
+    /// when its upload starts and to its position when the server stored it.
+    pub fn with_progress(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.progress = Some(bar);
+        self
+    }
+
     /// The server's receipt for the last manifest this store sent, if any.
     pub fn last_receipt(&self) -> Option<ManifestReceipt> {
-        self.receipt.borrow().clone()
+        self.receipt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The server's countersignatures of this device's catalogued manifests, and the receipt
@@ -290,9 +312,16 @@ impl<'a> HttpBackupStore<'a> {
             req = req.header(name, value);
         }
         if !body.is_empty() {
+            let payload = match &self.throttle {
+                Some(t) => reqwest::blocking::Body::sized(
+                    ThrottledReader::new(std::io::Cursor::new(body.to_vec()), Arc::clone(t)),
+                    body.len() as u64,
+                ),
+                None => reqwest::blocking::Body::from(body.to_vec()),
+            };
             req = req
                 .header("Content-Type", "application/octet-stream")
-                .body(body.to_vec());
+                .body(payload);
         }
         let resp = req
             .send()
@@ -354,9 +383,17 @@ fn not_supported(what: &str) -> StoreError {
 impl BackupStore for HttpBackupStore<'_> {
     fn put_pack(&self, id: &PackId, bytes: &[u8]) -> Result<(), StoreError> {
         let path = format!("/api/v1/device/backups/packs/{id}");
+        if let Some(bar) = &self.progress {
+            bar.inc_length(bytes.len() as u64);
+        }
         let (status, raw) = self.send(reqwest::Method::PUT, &path, bytes)?;
         match status {
-            200 | 201 => Ok(()),
+            200 | 201 => {
+                if let Some(bar) = &self.progress {
+                    bar.inc(bytes.len() as u64);
+                }
+                Ok(())
+            }
             _ => Err(refusal(&format!("pack {id}"), status, &raw)),
         }
     }
@@ -420,7 +457,7 @@ impl BackupStore for HttpBackupStore<'_> {
                         .unwrap_or(sequence),
                     answer,
                 };
-                *self.receipt.borrow_mut() = Some(receipt);
+                *self.receipt.lock().unwrap_or_else(|e| e.into_inner()) = Some(receipt);
                 Ok(())
             }
             409 if error_code(&raw).as_deref() == Some("backup_sequence_conflict") => {

@@ -4,6 +4,7 @@
 //! - [`pages`]: page-by-page reading, per-page zstd, file hashes, row counts and checks.
 //! - [`store`]: the [`BackupStore`] trait and its local-directory implementation.
 //! - [`http`]: [`HttpBackupStore`], the store of the server the terminal enrolled with.
+//! - [`throttle`]: the upload bandwidth cap shared by all uploads of the process.
 //! - [`index`]: the agent's local state: chunks already stored, the chain head, pending packs.
 //! - [`engine`]: [`run_backup`]: snapshot → pages → packs → signed, chained manifest.
 //! - [`restore`](mod@restore): [`restore`](restore::restore()): chain and signature checks, every pack and
@@ -18,6 +19,7 @@ pub mod pages;
 pub mod restore;
 pub mod snapshot;
 pub mod store;
+pub mod throttle;
 
 use std::path::PathBuf;
 
@@ -25,7 +27,7 @@ use otter_keys::age::x25519::Recipient;
 use otter_keys::crypto::SigningKey;
 use otter_keys::envelope::ChunkKey;
 
-pub use engine::{run_backup, BackupError, BackupReport};
+pub use engine::{run_backup, run_backup_parallel, BackupError, BackupReport};
 pub use http::{HttpBackupStore, ManifestReceipt, ServerReceipts};
 pub use restore::{
     prepare, restore, PreparedRestore, ReceiptCheck, Reencrypted, RestoreError, RestoreOptions,
@@ -36,6 +38,8 @@ pub use store::{BackupStore, LocalDirStore, StoreError};
 /// Default target size of a pack: a few MiB, so that an S3-style store is not charged one
 /// request per page.
 pub const DEFAULT_PACK_TARGET: usize = 4 * 1024 * 1024;
+/// Default number of pack uploads in flight at once.
+pub const DEFAULT_PARALLEL_UPLOADS: usize = 2;
 /// Largest stored manifest accepted (header, signature and encrypted body).
 pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024 * 1024;
 /// Key, in a manifest body's `extra`, of the chunk key (hex) the pages' ids were made with.

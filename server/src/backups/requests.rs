@@ -34,6 +34,9 @@ pub enum Which {
     Latest,
     /// This sequence.
     Sequence(u64),
+    /// A repair: the newest backup that verifies, the device walking back from the newest
+    /// catalogued one.
+    NewestVerifying,
 }
 
 /// One restore request.
@@ -55,13 +58,16 @@ pub struct RestoreRequest {
     pub requested_at: i64,
     /// `pending`, `done` or `failed`.
     pub status: String,
+    /// A repair: the device restores the newest backup that verifies, starting at
+    /// `sequence` and walking back.
+    pub repair: bool,
     /// The device's message, once finished.
     pub result: Option<String>,
     /// When the device reported, Unix seconds.
     pub finished_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, device_id, sequence, header_hash, reason, requested_by, requested_at, status, result, finished_at";
+const COLUMNS: &str = "id, device_id, sequence, header_hash, reason, requested_by, requested_at, status, result, finished_at, repair";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<RestoreRequest> {
     Ok(RestoreRequest {
@@ -75,6 +81,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<RestoreRequest> {
         status: r.get(7)?,
         result: r.get(8)?,
         finished_at: r.get(9)?,
+        repair: r.get::<_, i64>(10)? != 0,
     })
 }
 
@@ -97,7 +104,7 @@ pub fn create(
 ) -> Result<Option<RestoreRequest>, RequestError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: Option<(i64, String)> = match which {
-        Which::Latest => tx
+        Which::Latest | Which::NewestVerifying => tx
             .query_row(
                 "SELECT sequence, header_hash FROM backup_manifests WHERE device_id = ?1
                  ORDER BY sequence DESC LIMIT 1",
@@ -123,9 +130,18 @@ pub fn create(
     let reason = clean(reason);
     tx.execute(
         "INSERT INTO restore_requests
-             (device_id, sequence, header_hash, reason, requested_by, requested_at, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
-        rusqlite::params![device, sequence, hash, reason, actor.id, now],
+             (device_id, sequence, header_hash, reason, requested_by, requested_at, status,
+              repair)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
+        rusqlite::params![
+            device,
+            sequence,
+            hash,
+            reason,
+            actor.id,
+            now,
+            i64::from(which == Which::NewestVerifying)
+        ],
     )?;
     let id = tx.last_insert_rowid();
     audit::append(
@@ -133,7 +149,8 @@ pub fn create(
         actor,
         REQUESTED,
         &format!("device:{device}"),
-        &json!({"request": id, "sequence": sequence, "header_hash": hash, "reason": reason}),
+        &json!({"request": id, "sequence": sequence, "header_hash": hash, "reason": reason,
+                "repair": which == Which::NewestVerifying}),
         now,
     )?;
     let req = tx.query_row(
@@ -243,8 +260,27 @@ mod tests {
             let old = create(c, &who, "till-1", Which::Sequence(1), "r", 12)
                 .unwrap()
                 .unwrap();
+            assert!(!r.repair && !old.repair);
+            let fix = create(c, &who, "till-1", Which::NewestVerifying, "r", 12)
+                .unwrap()
+                .unwrap();
+            assert_eq!((fix.sequence, fix.repair), (2, true));
+            assert_eq!(fix.header_hash, "till-1-2");
+            assert_eq!(
+                finish(c, "till-1", fix.id, true, "repaired", 13)
+                    .unwrap()
+                    .unwrap()
+                    .result
+                    .as_deref(),
+                Some("repaired")
+            );
             let entries = crate::audit::list(c, 0, 100).unwrap();
-            assert_eq!(entries.len(), audited + 2);
+            assert_eq!(entries.len(), audited + 4);
+            assert_eq!(entries.iter().filter(|e| e.action == FINISHED).count(), 1);
+            let entries: Vec<_> = entries
+                .into_iter()
+                .filter(|e| e.action != FINISHED)
+                .collect();
             assert!(entries.iter().all(|e| e.action == REQUESTED));
             assert_eq!(list(c, "till-1", true).unwrap().len(), 2);
             assert!(list(c, "till-2", true).unwrap().is_empty());

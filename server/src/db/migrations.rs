@@ -285,6 +285,12 @@ CREATE INDEX restore_requests_device ON restore_requests (device_id, status);
         name: "alerts raised by devices' security events (console, metrics, webhook)",
         sql: crate::alerts::SCHEMA,
     },
+    Migration {
+        version: 10,
+        name: "restore requests may be repairs: restore the newest backup that verifies",
+        sql: "ALTER TABLE restore_requests ADD COLUMN repair INTEGER NOT NULL DEFAULT 0 \
+              CHECK (repair IN (0, 1));",
+    },
 ];
 
 /// Brings the schema up to date.

@@ -232,10 +232,45 @@ pub struct DeviceQuery {
     pub group: Option<String>,
     /// Only this hardware model.
     pub model: Option<String>,
+    /// Only devices that last reported a component at this version: `V` (any component)
+    /// or `NAME=V`.
+    pub version: Option<String>,
+    /// Only devices whose id, model or group contains this text (case-insensitive).
+    pub search: Option<String>,
 }
 
-/// `GET /api/v1/devices[?group=G][&model=M]` (admin, operator, auditor): `{devices: [...]}`
-/// with keys, group, model, last seen, installed versions and the last report.
+impl DeviceQuery {
+    /// Whether `d` passes the `version` and `search` filters (group and model are applied
+    /// in SQL).
+    pub fn keeps(&self, d: &crate::fleet::DeviceInfo) -> bool {
+        let version_ok = match self.version.as_deref() {
+            None => true,
+            Some(v) => match v.split_once('=') {
+                Some((name, ver)) => d.installed.get(name).is_some_and(|x| x == ver),
+                None => d.installed.values().any(|x| x == v),
+            },
+        };
+        let search_ok = match self.search.as_deref() {
+            None => true,
+            Some(text) => {
+                let text = text.to_lowercase();
+                [
+                    Some(d.device_id.as_str()),
+                    Some(d.hardware_model.as_str()),
+                    d.group.as_deref(),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|f| f.to_lowercase().contains(&text))
+            }
+        };
+        version_ok && search_ok
+    }
+}
+
+/// `GET /api/v1/devices[?group=G][&model=M][&version=[NAME=]V][&search=TEXT]` (admin,
+/// operator, auditor): `{devices: [...]}` with keys, group, model, last seen, installed
+/// versions and the last report.
 #[tracing::instrument(skip_all, fields(caller = auth.caller.id))]
 pub async fn list_devices(
     auth: Auth<ReadDevices>,
@@ -246,7 +281,7 @@ pub async fn list_devices(
     let q = web::Query::<DeviceQuery>::from_query(req.query_string()).map_err(|e| {
         ApiError::bad_request(
             "invalid_query",
-            format!("the query may hold group and model only: {e}"),
+            format!("the query may hold group, model, version and search only: {e}"),
         )
     })?;
     let filter = DeviceFilter {
@@ -259,7 +294,66 @@ pub async fn list_devices(
         .await
         .map_err(db_err)?
         .map_err(fleet_err)?;
+    let devices: Vec<_> = devices.into_iter().filter(|d| q.keeps(d)).collect();
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({ "devices": devices })))
+}
+
+/// Revoking a device: admin only.
+pub struct RevokeDevices;
+impl super::auth::Policy for RevokeDevices {
+    const ROLES: &'static [crate::tokens::TokenRole] = &[crate::tokens::TokenRole::Admin];
+    const WHAT: &'static str = "revoking devices";
+}
+
+/// `DELETE /api/v1/devices/{id}` (admin): revokes the device (its signed requests are
+/// refused from now on); 200 with its record. Revoking twice keeps the first time and
+/// audits once. The same operation as `otter-server devices revoke`.
+#[tracing::instrument(skip_all, fields(caller = auth.caller.id))]
+pub async fn revoke_device(
+    auth: Auth<RevokeDevices>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let device_id = id.into_inner();
+    let caller = auth.caller.id;
+    let info = state
+        .db
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let now = unix_now();
+            let revoked = crate::fleet::device_key(&tx, &device_id).and_then(|key| {
+                let was_valid = key.is_some_and(|k| k.revoked_at.is_none());
+                let d = crate::fleet::revoke_device(&tx, &device_id, now)?;
+                if was_valid {
+                    crate::audit::append(
+                        &tx,
+                        &crate::audit::Actor::token(caller),
+                        "device.revoke",
+                        &format!("device:{}", d.device_id),
+                        &json!({"hardware_model": d.hardware_model, "group": d.group}),
+                        now,
+                    )
+                    .map_err(|e| match e {
+                        crate::audit::AuditError::Sqlite(e) => FleetError::Sqlite(e),
+                        other => FleetError::Sqlite(rusqlite::Error::ToSqlConversionFailure(
+                            Box::new(other),
+                        )),
+                    })?;
+                }
+                Ok(d)
+            });
+            if revoked.is_ok() {
+                tx.commit()?;
+            }
+            Ok(revoked)
+        })
+        .await
+        .map_err(db_err)?
+        .map_err(fleet_err)?;
+    tracing::info!(device = info.device_id, by = caller, "device revoked");
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(info))
 }

@@ -143,6 +143,11 @@ pub const API_ROUTES: &[(&str, &str, Access)] = {
             Access::Roles(auth::ReadDevices::ROLES),
         ),
         (
+            "DELETE",
+            "/api/v1/devices/{id}",
+            Access::Roles(fleet_api::RevokeDevices::ROLES),
+        ),
+        (
             "GET",
             "/api/v1/rollouts",
             Access::Roles(rollouts_api::ReadRollouts::ROLES),
@@ -417,6 +422,11 @@ pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_by
         .service(
             web::resource("/api/v1/devices")
                 .route(web::get().to(fleet_api::list_devices))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/devices/{id}")
+                .route(web::delete().to(fleet_api::revoke_device))
                 .default_service(web::to(error::method_not_allowed)),
         )
         .service(

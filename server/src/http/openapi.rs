@@ -188,8 +188,10 @@ fn described(method: &str, path: &str) -> Described {
             obj(json!({"type": "object", "additionalProperties": false, "properties": {
                 "group": {"type": "string"}, "expires_in_secs": {"type": "integer", "minimum": 1}}})),
             201, None),
-        ("GET", "/api/v1/devices") => d("List devices; query `group`, `model`", None, 200,
+        ("GET", "/api/v1/devices") => d("List devices; query `group`, `model`, `version` (`V` or `NAME=V`), `search`", None, 200,
             obj(json!({"type": "object", "properties": {"devices": {"type": "array", "items": {"type": "object"}}}}))),
+        ("DELETE", "/api/v1/devices/{id}") => d("Revoke a device: its signed requests are refused from now on", None, 200,
+            obj(json!({"type": "object", "properties": {"device_id": {"type": "string"}, "revoked_at": {"type": "integer"}}}))),
         ("POST", "/api/v1/enroll") => d(
             "Enroll a device with an enrollment token",
             obj(json!({"type": "object", "required": ["token", "public_key", "backup_recipient", "hardware_model"],
@@ -270,7 +272,7 @@ fn described(method: &str, path: &str) -> Described {
         ("POST", "/api/v1/backups/{device}/restore-requests") => d(
             "Ask the device to restore a catalogued backup (audited); the device picks it up",
             obj(json!({"type": "object", "required": ["backup", "reason"], "properties": {
-                "backup": {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "latest"}]},
+                "backup": {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "latest"}, {"const": "newest-verifying"}]},
                 "reason": {"type": "string", "maxLength": 512}}})), 201, None),
         ("GET", "/api/v1/backups/{device}/restore-requests") => d("The device's restore requests, newest first", None, 200, None),
         ("GET", "/api/v1/device/restore-requests") => d("This device's pending restore requests", None, 200, None),

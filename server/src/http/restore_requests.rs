@@ -29,7 +29,8 @@ fn req_err(e: RequestError) -> ApiError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewRequest {
-    /// The backup's sequence, or `"latest"`.
+    /// The backup's sequence, `"latest"`, or `"newest-verifying"` (a repair: the device
+    /// restores the newest backup that verifies completely, walking back from the newest).
     pub backup: serde_json::Value,
     /// Why (1 to 512 characters).
     pub reason: String,
@@ -47,11 +48,15 @@ pub async fn create(
     let b: NewRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",
-            format!("give {{\"backup\": SEQUENCE or \"latest\", \"reason\": TEXT}}: {e}"),
+            format!(
+                "give {{\"backup\": SEQUENCE, \"latest\" or \"newest-verifying\", \
+                 \"reason\": TEXT}}: {e}"
+            ),
         )
     })?;
     let which = match &b.backup {
         serde_json::Value::String(s) if s == "latest" => Which::Latest,
+        serde_json::Value::String(s) if s == "newest-verifying" => Which::NewestVerifying,
         serde_json::Value::Number(n) => match n.as_u64().filter(|s| *s >= 1) {
             Some(s) => Which::Sequence(s),
             None => {
@@ -64,7 +69,7 @@ pub async fn create(
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_backup",
-                "backup: give a sequence number or \"latest\"",
+                "backup: give a sequence number, \"latest\" or \"newest-verifying\" (a repair)",
             ))
         }
     };
