@@ -161,48 +161,15 @@ pub fn backup_once(
     max_upload_bytes_per_sec: u64,
     parallel_uploads: usize,
 ) -> Result<String, DaemonError> {
-    use crate::backup::{
-        run_backup_parallel, BackupConfig, BackupKeys, BackupRecipients, HttpBackupStore,
+    let shipping = crate::backup::Shipping {
+        pack_size,
+        max_upload_bytes_per_sec,
+        parallel_uploads,
+        progress: None,
     };
-    use crate::device::{AgentState, DeviceError, Identity};
-    let err = |e: &(dyn std::error::Error + 'static)| {
-        DaemonError::Backup(otter_keys::report::describe(e))
-    };
-    let state = AgentState::load(state_dir)
-        .map_err(|e| err(&e))?
-        .ok_or_else(|| {
-            err(&DeviceError::NotEnrolled {
-                dir: state_dir.to_path_buf(),
-            })
-        })?;
-    let identity = Identity::load(state_dir).map_err(|e| err(&e))?;
-    let recovery = state
-        .recovery_recipient
-        .as_deref()
-        .ok_or_else(|| {
-            DaemonError::Backup(
-                "the fleet has no recovery key (no recovery_recipient in agent.json): set [backups] recovery_recipient on the server and enroll again"
-                    .into(),
-            )
-        })?
-        .trim()
-        .parse::<otter_keys::age::x25519::Recipient>()
-        .map_err(|e| DaemonError::Backup(format!("the recovery key in agent.json is not an age X25519 recipient: {e}")))?;
-    let keys = BackupKeys {
-        signing: &identity.signing,
-        chunk_key: &identity.chunk,
-        recipients: BackupRecipients {
-            recovery,
-            terminal: Some(identity.backup.to_public()),
-        },
-    };
-    let mut config = BackupConfig::new(database, state_dir, &state.device_id);
-    config.pack_target_size = pack_size;
-    let store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)
-        .map_err(|e| err(&e))?
-        .with_receipt_pin(crate::backup::http::receipt_pin_path(state_dir))
-        .with_rate_limit(max_upload_bytes_per_sec);
-    let r = run_backup_parallel(&config, &keys, &store, parallel_uploads).map_err(|e| err(&e))?;
+    let r = crate::backup::backup_enrolled(state_dir, database, &shipping)
+        .map_err(|e| DaemonError::Backup(otter_keys::report::describe(&e)))?
+        .report;
     Ok(format!(
         "backup #{}: {} pages, {} new chunks, {} bytes shipped",
         r.sequence,

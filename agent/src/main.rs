@@ -213,47 +213,8 @@ struct BackupArgs {
 }
 
 fn backup(a: BackupArgs) -> Result<()> {
-    use otter_agent::backup::{
-        run_backup_parallel, BackupConfig, BackupKeys, BackupRecipients, HttpBackupStore,
-    };
-    use otter_agent::device::{AgentState, DeviceError, Identity};
-
     anyhow::ensure!(a.pack_size > 0, "--pack-size must be at least 1 byte");
     anyhow::ensure!(a.parallel > 0, "--parallel must be at least 1");
-    let state = AgentState::load(&a.state_dir)?.ok_or_else(|| DeviceError::NotEnrolled {
-        dir: a.state_dir.clone(),
-    })?;
-    let identity = Identity::load(&a.state_dir)?;
-    let recovery_text = state.recovery_recipient.as_deref().with_context(|| {
-        format!(
-            "the fleet has no recovery key configured on the server (no recovery_recipient in \
-             {}): set [backups] recovery_recipient in the server's configuration, then enroll \
-             the terminal again",
-            a.state_dir.join("agent.json").display()
-        )
-    })?;
-    let recovery = recovery_text
-        .trim()
-        .parse::<otter_keys::age::x25519::Recipient>()
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "the recovery key in {} is not an age X25519 recipient: {e}",
-                a.state_dir.join("agent.json").display()
-            )
-        })?;
-    let keys = BackupKeys {
-        signing: &identity.signing,
-        chunk_key: &identity.chunk,
-        recipients: BackupRecipients {
-            recovery,
-            terminal: Some(identity.backup.to_public()),
-        },
-    };
-    let mut config = BackupConfig::new(&a.database, &a.state_dir, &state.device_id);
-    config.pack_target_size = a.pack_size;
-    let mut store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)?
-        .with_receipt_pin(otter_agent::backup::http::receipt_pin_path(&a.state_dir))
-        .with_rate_limit(a.limit_rate);
     // A progress bar of the pack bytes uploaded, on a terminal only.
     let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
@@ -264,18 +225,25 @@ fn backup(a: BackupArgs) -> Result<()> {
         }
         bar
     });
-    if let Some(bar) = &bar {
-        store = store.with_progress(bar.clone());
-    }
-    let report = run_backup_parallel(&config, &keys, &store, a.parallel);
+    let shipping = otter_agent::backup::Shipping {
+        pack_size: a.pack_size,
+        max_upload_bytes_per_sec: a.limit_rate,
+        parallel_uploads: a.parallel,
+        progress: bar.clone(),
+    };
+    let report = otter_agent::backup::backup_enrolled(&a.state_dir, &a.database, &shipping);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let report = report?;
+    let otter_agent::backup::Shipped {
+        device_id,
+        report,
+        receipt,
+    } = report?;
     println!(
         "backup #{} of device {}: {} pages, {} new chunks, {} bytes shipped ({} in {} new packs, {} of manifest)",
         report.sequence,
-        state.device_id,
+        device_id,
         report.pages,
         report.new_chunks,
         report.pack_bytes + report.manifest_bytes,
@@ -283,7 +251,7 @@ fn backup(a: BackupArgs) -> Result<()> {
         report.new_packs,
         report.manifest_bytes
     );
-    match store.last_receipt() {
+    match receipt {
         Some(r) => {
             anyhow::ensure!(
                 r.header_hash == report.header_hash && r.sequence == report.sequence,

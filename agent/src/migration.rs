@@ -350,41 +350,23 @@ fn take_local_snapshot(
 /// Backs `database` up to the enrolled server (like `otter-agent backup`); returns the
 /// backup's sequence.
 fn server_backup(cfg: &AgentConfig, state_dir: &Path, database: &Path) -> Result<u64, String> {
-    use crate::backup::{run_backup, BackupConfig, BackupKeys, BackupRecipients, HttpBackupStore};
-    use crate::device::{AgentState, Identity};
-    let d = |e: &(dyn std::error::Error + 'static)| otter_keys::report::describe(e);
-    let state = AgentState::load(state_dir)
-        .map_err(|e| d(&e))?
-        .ok_or_else(|| {
-            format!(
-                "{} is not enrolled, so no server backup can be made (set [migration] \
-                 server_backup = false to rely on the local snapshot only)",
-                state_dir.display()
-            )
-        })?;
-    let identity = Identity::load(state_dir).map_err(|e| d(&e))?;
-    let recovery = state
-        .recovery_recipient
-        .as_deref()
-        .ok_or("the fleet has no recovery key (no recovery_recipient in agent.json)")?
-        .trim()
-        .parse::<otter_keys::age::x25519::Recipient>()
-        .map_err(|e| format!("the recovery key in agent.json is not an age recipient: {e}"))?;
-    let keys = BackupKeys {
-        signing: &identity.signing,
-        chunk_key: &identity.chunk,
-        recipients: BackupRecipients {
-            recovery,
-            terminal: Some(identity.backup.to_public()),
-        },
+    use crate::backup::{backup_enrolled, EnrolledBackupError, Shipping};
+    use crate::device::DeviceError;
+    let shipping = Shipping {
+        pack_size: cfg.backup.pack_size,
+        max_upload_bytes_per_sec: 0,
+        parallel_uploads: 1,
+        progress: None,
     };
-    let mut config = BackupConfig::new(database, state_dir, &state.device_id);
-    config.pack_target_size = cfg.backup.pack_size;
-    let store = HttpBackupStore::new(&state.server_url, &state.device_id, &identity.signing)
-        .map_err(|e| d(&e))?
-        .with_receipt_pin(crate::backup::http::receipt_pin_path(state_dir));
-    let r = run_backup(&config, &keys, &store).map_err(|e| d(&e))?;
-    Ok(r.sequence)
+    match backup_enrolled(state_dir, database, &shipping) {
+        Ok(shipped) => Ok(shipped.report.sequence),
+        Err(EnrolledBackupError::Device(DeviceError::NotEnrolled { .. })) => Err(format!(
+            "{} is not enrolled, so no server backup can be made (set [migration] \
+             server_backup = false to rely on the local snapshot only)",
+            state_dir.display()
+        )),
+        Err(e) => Err(otter_keys::report::describe(&e)),
+    }
 }
 
 fn sidecar(p: &Path, suffix: &str) -> PathBuf {

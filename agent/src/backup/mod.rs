@@ -7,12 +7,15 @@
 //! - [`throttle`]: the upload bandwidth cap shared by all uploads of the process.
 //! - [`index`]: the agent's local state: chunks already stored, the chain head, pending packs.
 //! - [`engine`]: [`run_backup`]: snapshot → pages → packs → signed, chained manifest.
+//! - [`enrolled`]: [`backup_enrolled`]: a backup of the enrolled terminal to its server (the
+//!   set-up shared by `otter-agent backup`, the daemon and the pre-migration backup).
 //! - [`restore`](mod@restore): [`restore`](restore::restore()): chain and signature checks, every pack and
 //!   page verified, the rebuilt file checked, then an atomic replace of the live database.
 //!
 //! Everything is blocking: the agent is synchronous.
 
 pub mod engine;
+pub mod enrolled;
 pub mod http;
 pub mod index;
 pub mod pages;
@@ -28,6 +31,7 @@ use otter_keys::crypto::SigningKey;
 use otter_keys::envelope::ChunkKey;
 
 pub use engine::{run_backup, run_backup_parallel, BackupError, BackupReport};
+pub use enrolled::{backup_enrolled, EnrolledBackupError, Shipped, Shipping};
 pub use http::{HttpBackupStore, ManifestReceipt, ServerReceipts};
 pub use restore::{
     prepare, restore, PreparedRestore, ReceiptCheck, Reencrypted, RestoreError, RestoreOptions,
