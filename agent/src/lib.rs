@@ -17,6 +17,8 @@
 //!   configuration and maintenance windows.
 //!
 //! - [`restore_requests`]: restores an admin or restorer requested through the server.
+//! - [`server_transfer`]: backup transfers (re-encrypted with the recovery key) fetched from
+//!   the server.
 //! - [`integrity`]: the integrity pass over installed components and the scheduling of the
 //!   database checks ([`dbhealth`]); drift and corruption become security events.
 //! - [`delta`]: updates through signed deltas from the installed version, rebuilt and
@@ -34,6 +36,7 @@ pub mod integrity;
 pub mod migration;
 pub mod restore_requests;
 pub mod select;
+pub mod server_transfer;
 pub mod status;
 pub mod tuf;
 pub mod update;

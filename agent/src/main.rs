@@ -42,6 +42,9 @@ enum Command {
     /// everything (signatures, chain, countersignatures, packs, pages, hashes, integrity,
     /// row counts); the live database is replaced atomically or left untouched.
     Restore(restore_cmd::RestoreArgs),
+    /// On a write-only terminal: create the one-time key a backup is re-encrypted to for a
+    /// restore (with the fleet recovery key) and print its recipient (age1...).
+    RestoreKey(restore_cmd::RestoreKeyArgs),
     /// Switch a component back to its previous kept version (journaled and crash-safe like
     /// an install); the version switched away from becomes the previous one.
     Rollback(RollbackArgs),
@@ -465,9 +468,42 @@ fn rollback(a: RollbackArgs) -> Result<()> {
             if let Some((_, note)) = reason.split_once("; ") {
                 println!("{name}: {note}");
             }
+            if let Some(dir) = &state_dir {
+                hold_rolled_back(&applier, dir, &name, &from.to_string())?;
+            }
         }
         other => println!("{other:?}"),
     }
+    Ok(())
+}
+
+/// After `otter-agent rollback`, the version rolled back from is held: the daemon and
+/// `update` do not install that target again (it is added to the status file's blocked
+/// targets) until `otter-agent update --retry-failed` or a newer release.
+fn hold_rolled_back(
+    applier: &otter_agent::apply::Applier,
+    state_dir: &std::path::Path,
+    component: &str,
+    from: &str,
+) -> Result<()> {
+    let target = applier.history(1000)?.into_iter().find_map(|h| {
+        (h.component == component && h.op == "install" && h.to.as_deref() == Some(from))
+            .then_some(h.target)
+            .flatten()
+    });
+    let Some(target) = target else {
+        // Installed without a TUF target (e.g. `tuf apply` by hand): nothing to hold.
+        return Ok(());
+    };
+    let mut status = otter_agent::status::StatusFile::load(state_dir)?;
+    status.blocked.insert(
+        target.clone(),
+        format!("rolled back by the operator (otter-agent rollback) from {from}"),
+    );
+    status.save(state_dir)?;
+    println!(
+        "{component}: {target} is held: not installed again until `otter-agent update --retry-failed` or a newer release"
+    );
     Ok(())
 }
 
@@ -490,6 +526,7 @@ fn main() -> ExitCode {
         Command::Report(a) => report(a),
         Command::Backup(a) => backup(a),
         Command::Restore(a) => restore_cmd::restore(a),
+        Command::RestoreKey(a) => restore_cmd::restore_key(a),
         Command::Rollback(a) => rollback(a),
         Command::Update(a) => daemon_cmd::update(a),
         Command::Run(a) => daemon_cmd::run(a),

@@ -68,7 +68,7 @@ pub struct RestoreArgs {
     before: Option<String>,
     /// Restore the backup of the oldest pending restore request made on the server, then
     /// report the outcome to the server (nothing to do when none is pending).
-    #[arg(long, conflicts_with_all = ["dry_run", "from_transfer"])]
+    #[arg(long, conflicts_with_all = ["dry_run", "from_transfer", "from_server_transfer"])]
     requested: bool,
     /// The header hash the chosen backup must have (set for a requested restore).
     #[arg(skip)]
@@ -94,6 +94,12 @@ pub struct RestoreArgs {
     /// of from the server.
     #[arg(long, value_name = "DIR")]
     from_transfer: Option<PathBuf>,
+    /// Like --from-transfer, but fetch the transfer an admin imported for this terminal on
+    /// the server (`otter-server backups import-transfer`) with a signed request: its id, or
+    /// `latest`. It is downloaded into the state dir, verified exactly as a directory, and
+    /// removed afterwards.
+    #[arg(long, value_name = "ID|latest", conflicts_with = "from_transfer")]
+    from_server_transfer: Option<String>,
     /// How long an online restore waits for the application's locks.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     busy_timeout: u64,
@@ -436,10 +442,152 @@ fn requested(a: RestoreArgs) -> Result<()> {
     result
 }
 
+/// File of the one-time restore identity of a terminal without a backup identity (a
+/// write-only one), under the state dir.
+pub const RESTORE_KEY_FILE: &str = "restore.key";
+
+/// What a write-only terminal says when asked to restore from the server.
+fn write_only_refusal(state_dir: &std::path::Path) -> String {
+    format!(
+        "this terminal is write-only (the server's [backups] write_only or write_only_groups): \
+         it holds no key that opens its backups, not even its own, and the live database was \
+         not touched. Restore through the fleet recovery key: run `otter-agent restore-key \
+         --state-dir {}` here and give the age1 recipient it prints to an admin, who \
+         re-encrypts the backup with `otter-keys backup reencrypt --to RECIPIENT` (the \
+         recovery identity stays offline); then restore that transfer with `otter-agent \
+         restore --from-transfer DIR` (see docs/backups.md, write-only fleets)",
+        state_dir.display()
+    )
+}
+
+/// The age identity that opens what this restore reads, and whether it is the one-time
+/// restore identity: the terminal's backup identity, or on a terminal without one
+/// (write-only) its restore identity, for a transfer only.
+fn decryption_key(
+    a: &RestoreArgs,
+    state: &AgentState,
+    backup: Option<&otter_keys::age::x25519::Identity>,
+) -> Result<(otter_keys::age::x25519::Identity, bool)> {
+    let transfer = a.from_transfer.is_some();
+    match backup {
+        Some(b) if !state.backups_write_only => Ok((b.clone(), false)),
+        _ if !transfer => Err(anyhow::anyhow!("{}", write_only_refusal(&a.state_dir))),
+        _ => {
+            let path = a.state_dir.join(RESTORE_KEY_FILE);
+            if !path.exists() {
+                return Err(anyhow::anyhow!(
+                    "this terminal has no backup identity (write-only) and no restore identity \
+                     {}: run `otter-agent restore-key --state-dir {}`, have the transfer \
+                     re-encrypted to the recipient it prints, then restore again; the live \
+                     database was not touched",
+                    path.display(),
+                    a.state_dir.display()
+                ));
+            }
+            Ok((
+                otter_agent::device::identity::load_age_identity(&path)?,
+                true,
+            ))
+        }
+    }
+}
+
+/// Options of `otter-agent restore-key`.
+#[derive(clap::Args)]
+#[command(after_help = "\
+A write-only terminal keeps no backup identity, so a backup can reach it only re-encrypted
+with the fleet recovery key to a key it holds for that restore. This command creates that
+key (STATE/restore.key, 0600; the same one again until a restore from a transfer succeeds,
+which deletes it) and prints its public half (age1...). Give it to the admin, who runs
+`otter-keys backup reencrypt ... --to RECIPIENT`; then `otter-agent restore --from-transfer`.")]
+pub struct RestoreKeyArgs {
+    /// The agent's state dir (enrolled with `otter-agent enroll`).
+    #[arg(long, env = "OTTER_STATE_DIR", value_name = "DIR")]
+    state_dir: PathBuf,
+}
+
+/// `otter-agent restore-key`: creates the one-time restore identity if there is none and
+/// prints its recipient.
+pub fn restore_key(a: RestoreKeyArgs) -> Result<()> {
+    AgentState::load(&a.state_dir)?.ok_or_else(|| DeviceError::NotEnrolled {
+        dir: a.state_dir.clone(),
+    })?;
+    let path = a.state_dir.join(RESTORE_KEY_FILE);
+    let identity = if path.exists() {
+        otter_agent::device::identity::load_age_identity(&path)?
+    } else {
+        let id = otter_keys::age::x25519::Identity::generate();
+        otter_agent::device::identity::save_age_identity(
+            &path,
+            &id,
+            "Otter one-time restore identity (deleted after a restore from a transfer)",
+        )?;
+        id
+    };
+    println!("{}", identity.to_public());
+    Ok(())
+}
+
+/// Deletes the one-time restore identity after a restore that used it.
+fn forget_restore_key(a: &RestoreArgs) {
+    let path = a.state_dir.join(RESTORE_KEY_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => eprintln!("removed the one-time restore identity {}", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!(
+            "warning: cannot remove the one-time restore identity {}: {e}; remove it by hand",
+            path.display()
+        ),
+    }
+}
+
+/// The directory a transfer from the server is downloaded into (`STATE/transfer-download`),
+/// removed when dropped; a leftover of a killed restore is removed first.
+struct Download(PathBuf);
+
+impl Download {
+    fn create(state_dir: &std::path::Path) -> Result<Download> {
+        let dir = state_dir.join("transfer-download");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the leftover {}", dir.display()))?;
+        }
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Download(dir))
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `otter-agent restore`.
 pub fn restore(a: RestoreArgs) -> Result<()> {
     if a.requested {
         return requested(a);
+    }
+    if let Some(which) = &a.from_server_transfer {
+        let download = Download::create(&a.state_dir)?;
+        let fetched =
+            otter_agent::server_transfer::fetch_transfer(&a.state_dir, which, &download.0)
+                .map_err(|e| {
+                    anyhow::Error::from(e).context(format!(
+                        "fetching backup transfer {which} from the server; the live database \
+                         was not touched"
+                    ))
+                })?;
+        eprintln!(
+            "fetched backup transfer {which} from the server: {} files, {} bytes",
+            fetched.files, fetched.bytes
+        );
+        let one = RestoreArgs {
+            from_server_transfer: None,
+            from_transfer: Some(download.0.clone()),
+            ..a.clone()
+        };
+        return restore_one(one).map(|_| ());
     }
     restore_one(a).map(|_| ())
 }
@@ -470,6 +618,7 @@ fn restore_one(a: RestoreArgs) -> Result<String> {
         dir: a.state_dir.clone(),
     })?;
     let identity = Identity::load(&a.state_dir)?;
+    let (key, one_time_key) = decryption_key(&a, &state, identity.backup.as_ref())?;
     let bar = progress_bar();
     let progress = bar.as_ref().map(|(_, f)| Arc::clone(f));
     let (source_device, prepared) = match &a.from_transfer {
@@ -481,7 +630,7 @@ fn restore_one(a: RestoreArgs) -> Result<String> {
                 &store,
                 &state.device_id,
                 &identity.signing.public_key(),
-                &identity.backup,
+                &key,
                 selector,
                 &a.database,
                 &options,
@@ -522,7 +671,7 @@ fn restore_one(a: RestoreArgs) -> Result<String> {
                 &store,
                 &t.device_id,
                 &t.public_key()?,
-                &identity.backup,
+                &key,
                 selector,
                 &a.database,
                 &options,
@@ -610,6 +759,9 @@ fn restore_one(a: RestoreArgs) -> Result<String> {
             a.database.display(),
             if a.online { " (online)" } else { "" }
         );
+        if one_time_key {
+            forget_restore_key(&a);
+        }
         Ok(loss)
     })();
     if stop.is_some() || start.is_some() {

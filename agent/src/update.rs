@@ -19,7 +19,7 @@ use otter_keys::metadata::TargetFile;
 use otter_keys::time::UtcTime;
 use serde_json::{json, Value};
 
-use crate::apply::{Applier, ApplyError, Expected, Outcome, Recovery};
+use crate::apply::{Applier, ApplyError, Expected, JournalView, Outcome, Recovery};
 use crate::config::{in_windows, second_of_day, secs_until_window, AgentConfig};
 use crate::device::{AgentState, DeviceError, Identity};
 use crate::download::{self, DownloadOptions};
@@ -251,7 +251,7 @@ pub fn run_pass(cfg: &AgentConfig, opts: &PassOptions) -> Result<PassReport, Pas
     };
     status.last_poll = Some(poll);
     if !opts.no_report {
-        let sent = send_report(&state_dir, &install_root, cfg, &mut status, &report);
+        let sent = send_report(&state_dir, &install_root, &mut status, &report);
         report.reported = Some(sent.map(|_| ()).map_err(|e| describe(&e)));
     }
     status.save(&state_dir)?;
@@ -542,17 +542,17 @@ fn pass(
 fn send_report(
     state_dir: &Path,
     install_root: &Path,
-    cfg: &AgentConfig,
     status: &mut StatusFile,
     report: &PassReport,
 ) -> Result<Value, DeviceError> {
     let installed = match &report.installed {
         Some(i) => i.clone(),
-        // The pass stopped before reading the install root: read it now if there is one
-        // (never create it just for a report).
+        // The pass stopped before reading the install root: read its journal now, read-only
+        // as `otter-agent status` does (no crash recovery, no wait on the lock another
+        // process may hold); never create the install root just for a report.
         None if !install_root.exists() => Default::default(),
-        None => Applier::open(install_root, cfg.apply.clone())
-            .and_then(|(a, _)| a.installed())
+        None => JournalView::open(install_root)
+            .and_then(|v| v.installed())
             .map(|i| i.into_iter().map(|(k, v)| (k, v.to_string())).collect())
             .unwrap_or_default(),
     };

@@ -5,6 +5,8 @@
 //! webhook_url` is set, POSTed to a webhook as JSON signed with HMAC-SHA256
 //! (`X-Otter-Signature: sha256=HEX` over `TIMESTAMP.BODY`, `X-Otter-Timestamp: TIMESTAMP`),
 //! retried with backoff in a background task, never on the device's request path.
+//! Deliveries still pending when the server stopped are sent again at the next start
+//! (bounded: the newest [`RESUME_MAX_ALERTS`], raised within [`RESUME_MAX_AGE_SECS`]).
 //! See `docs/monitoring.md`.
 
 use std::collections::BTreeMap;
@@ -26,6 +28,14 @@ pub const KIND_ROLLBACK: &str = "rollback";
 const MAX_KIND_LABELS: usize = 32;
 /// How far a webhook receiver should accept timestamps from its clock (documented value).
 pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
+
+/// At start, pending deliveries of alerts raised longer ago than this are given up.
+pub const RESUME_MAX_AGE_SECS: i64 = 24 * 3600;
+/// At start, at most this many pending deliveries (the newest) are sent again; older ones
+/// are given up.
+pub const RESUME_MAX_ALERTS: usize = 1000;
+/// Alerts per webhook payload when pending deliveries are sent again at start.
+pub const RESUME_BATCH: usize = 100;
 
 /// The alerts table: migration 9 of `crate::db` (`IF NOT EXISTS`: databases of builds that
 /// created it on first use migrate cleanly).
@@ -414,6 +424,107 @@ impl Alerts {
     }
 }
 
+/// At start: the alerts whose webhook delivery was still `pending` when the server stopped
+/// (their delivery task died with it), oldest first, to send again: the newest
+/// [`RESUME_MAX_ALERTS`] raised within [`RESUME_MAX_AGE_SECS`] of `now`. The others, and all
+/// of them when `webhook` is off now, are marked `failed: ...` with the reason, so none
+/// stays pending for ever.
+pub fn take_pending(
+    c: &mut Connection,
+    now: i64,
+    webhook: bool,
+) -> Result<Vec<Alert>, AlertsError> {
+    let tx = c.transaction()?;
+    if !webhook {
+        tx.execute(
+            "UPDATE alerts SET webhook = 'failed: pending when the server stopped; no webhook is configured now'
+             WHERE webhook = 'pending'",
+            [],
+        )?;
+        tx.commit()?;
+        return Ok(Vec::new());
+    }
+    tx.execute(
+        "UPDATE alerts SET webhook = 'failed: pending when the server stopped; too old to send at the next start'
+         WHERE webhook = 'pending' AND raised_at < ?1",
+        [now.saturating_sub(RESUME_MAX_AGE_SECS)],
+    )?;
+    let mut taken = {
+        let mut stmt = tx.prepare(
+            "SELECT id, device_id, kind, detail, event_at, raised_at, acknowledged_at, webhook
+             FROM alerts WHERE webhook = 'pending' ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(
+            [i64::try_from(RESUME_MAX_ALERTS).unwrap_or(i64::MAX)],
+            alert_row,
+        )?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    if let Some(oldest) = taken.last().map(|a| a.id) {
+        tx.execute(
+            "UPDATE alerts SET webhook = 'failed: pending when the server stopped; beyond the newest 1000 sent again'
+             WHERE webhook = 'pending' AND id < ?1",
+            [oldest],
+        )?;
+    }
+    tx.commit()?;
+    taken.reverse();
+    Ok(taken)
+}
+
+fn alert_row(r: &rusqlite::Row) -> rusqlite::Result<Alert> {
+    Ok(Alert {
+        id: r.get(0)?,
+        device_id: r.get(1)?,
+        kind: r.get(2)?,
+        detail: r.get(3)?,
+        event_at: r.get(4)?,
+        raised_at: r.get(5)?,
+        acknowledged_at: r.get(6)?,
+        webhook: r.get(7)?,
+    })
+}
+
+impl Alerts {
+    /// At start, before serving: sends again, in the background and in batches of
+    /// [`RESUME_BATCH`], the webhook deliveries that were pending when the server stopped
+    /// (see [`take_pending`]). Failures are logged.
+    pub async fn resume_pending(&self, db: &Db) {
+        let webhook = self.webhook.is_some();
+        let now = unix_now();
+        let taken = match db.call(move |c| Ok(take_pending(c, now, webhook))).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "reading the pending alert deliveries failed");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the pending alert deliveries failed");
+                return;
+            }
+        };
+        let Some(w) = self.webhook.clone() else {
+            return;
+        };
+        if taken.is_empty() {
+            return;
+        }
+        tracing::info!(
+            alerts = taken.len(),
+            "sending the alert webhook deliveries pending at the last stop"
+        );
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut taken = taken;
+            while !taken.is_empty() {
+                let rest = taken.split_off(taken.len().min(RESUME_BATCH));
+                deliver(w.clone(), db.clone(), taken).await;
+                taken = rest;
+            }
+        });
+    }
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -631,6 +742,53 @@ mod tests {
             get(&c, new[0].id).unwrap().unwrap().acknowledged_at,
             Some(200)
         );
+    }
+
+    #[test]
+    fn pending_deliveries_are_taken_again_at_start_within_bounds() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        let now = 10 * RESUME_MAX_AGE_SECS;
+        let ev = |i: i64| vec![("integrity_drift".to_string(), format!("file {i}"), i)];
+        // One too old, RESUME_MAX_ALERTS + 2 recent, one delivered.
+        let old = insert(&mut c, "d", &ev(0), now - RESUME_MAX_AGE_SECS - 1, true).unwrap();
+        let mut recent = Vec::new();
+        for i in 1..=(RESUME_MAX_ALERTS as i64 + 2) {
+            recent.extend(insert(&mut c, "d", &ev(i), now - 60, true).unwrap());
+        }
+        let done = insert(&mut c, "d", &ev(-1), now - 60, true).unwrap();
+        c.execute(
+            "UPDATE alerts SET webhook = 'delivered' WHERE id = ?1",
+            [done[0].id],
+        )
+        .unwrap();
+        let taken = take_pending(&mut c, now, true).unwrap();
+        assert_eq!(taken.len(), RESUME_MAX_ALERTS);
+        // The newest, oldest first.
+        let want: Vec<i64> = recent[2..].iter().map(|a| a.id).collect();
+        assert_eq!(taken.iter().map(|a| a.id).collect::<Vec<_>>(), want);
+        let state = |c: &Connection, id: i64| get(c, id).unwrap().unwrap().webhook;
+        assert!(
+            state(&c, old[0].id).contains("too old"),
+            "{}",
+            state(&c, old[0].id)
+        );
+        assert!(state(&c, recent[0].id).contains("beyond the newest"));
+        assert!(state(&c, recent[1].id).contains("beyond the newest"));
+        assert_eq!(state(&c, recent[2].id), "pending");
+        assert_eq!(state(&c, done[0].id), "delivered");
+        // Without a webhook now, nothing is sent and nothing stays pending.
+        assert!(take_pending(&mut c, now, false).unwrap().is_empty());
+        assert!(state(&c, recent[2].id).contains("no webhook is configured"));
+        let pending: i64 = c
+            .query_row(
+                "SELECT count(*) FROM alerts WHERE webhook = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(pending, 0);
+        assert!(take_pending(&mut c, now, true).unwrap().is_empty());
     }
 
     #[test]

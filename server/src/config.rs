@@ -105,6 +105,11 @@ pub struct Config {
     pub console: crate::console::ConsoleConfig,
     /// Alerts from devices' security events: the optional signed webhook (`[alerts]`).
     pub alerts: crate::alerts::AlertsConfig,
+    /// `serve --resume-above-store`: when the store holds newer metadata than the database
+    /// (an older database copy was restored), re-sign above the store's versions instead of
+    /// refusing to start. A one-time operator decision, so a flag, never a config key.
+    #[serde(skip)]
+    pub resume_above_store: bool,
 }
 
 /// Where blobs, repository files and backups are kept (`[store]`): a local directory, or an
@@ -141,6 +146,15 @@ pub struct BackupsConfig {
     /// The fleet's offline recovery key (an age X25519 recipient, `age1...`), given to
     /// terminals at enrollment so that every backup can be opened by it; `None` when unset.
     pub recovery_recipient: Option<String>,
+    /// A write-only fleet: terminals are told at enrollment to keep no backup identity and
+    /// to encrypt backups to the recovery key alone, so that no terminal can read even its
+    /// own backups (restores go through the recovery key). Needs `recovery_recipient`.
+    pub write_only: bool,
+    /// Device groups that are write-only even when `write_only` is off.
+    pub write_only_groups: Vec<String>,
+    /// Largest backup transfer an admin may import for a device
+    /// (`POST /api/v1/devices/{id}/transfers`), in bytes; larger ones get 413.
+    pub max_transfer_bytes: u64,
     /// Most bytes a device may have stored (its packs and manifests); a pack upload that
     /// would go over is refused with 413 `backup_quota_exceeded`. `None`: no quota.
     pub quota_bytes_per_device: Option<u64>,
@@ -152,6 +166,14 @@ pub struct BackupsConfig {
     pub retention: crate::backups::retention::RetentionConfig,
 }
 
+impl BackupsConfig {
+    /// Whether a device of `group` is write-only: the whole fleet is, or its group is listed
+    /// in `write_only_groups`.
+    pub fn write_only_for(&self, group: Option<&str>) -> bool {
+        self.write_only || group.is_some_and(|g| self.write_only_groups.iter().any(|w| w == g))
+    }
+}
+
 /// Hard ceiling of [`BackupsConfig::max_manifest_bytes`]: a manifest is held in memory.
 pub const MAX_MANIFEST_BYTES_CEILING: u64 = 256 * 1024 * 1024;
 
@@ -161,6 +183,9 @@ impl Default for BackupsConfig {
             max_pack_bytes: 64 * 1024 * 1024,
             max_manifest_bytes: 32 * 1024 * 1024,
             recovery_recipient: None,
+            write_only: false,
+            write_only_groups: Vec::new(),
+            max_transfer_bytes: 4 * 1024 * 1024 * 1024,
             quota_bytes_per_device: None,
             unreferenced_pack_grace_secs: 2 * DAY,
             retention: crate::backups::retention::RetentionConfig::default(),
@@ -224,6 +249,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             console: crate::console::ConsoleConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
+            resume_above_store: false,
         }
     }
 }
@@ -293,6 +319,7 @@ impl Config {
         }
         let b = &self.backups;
         if b.max_pack_bytes == 0
+            || b.max_transfer_bytes == 0
             || b.max_manifest_bytes == 0
             || b.max_manifest_bytes > MAX_MANIFEST_BYTES_CEILING
         {
@@ -311,6 +338,18 @@ impl Config {
                      (age1...); give the public half of the fleet's recovery key"
                 )));
             }
+        }
+        if (b.write_only || !b.write_only_groups.is_empty()) && b.recovery_recipient.is_none() {
+            return Err(ConfigError::Invalid(
+                "backups.write_only (or write_only_groups) needs backups.recovery_recipient: a \
+                 write-only terminal encrypts its backups to the recovery key alone"
+                    .into(),
+            ));
+        }
+        for g in &b.write_only_groups {
+            crate::fleet::check_name(g).map_err(|e| {
+                ConfigError::Invalid(format!("backups.write_only_groups: {g:?}: {e}"))
+            })?;
         }
         if b.quota_bytes_per_device == Some(0) || b.unreferenced_pack_grace_secs < 600 {
             return Err(ConfigError::Invalid(
@@ -411,6 +450,30 @@ mod tests {
         bad.backups.recovery_recipient = Some("age1notakey".into());
         let err = bad.validate().unwrap_err();
         assert!(err.to_string().contains("recovery_recipient"), "{err}");
+    }
+
+    #[test]
+    fn write_only_needs_a_recovery_key_and_applies_per_group() {
+        let mut c = Config::from_toml(
+            "[backups]\nwrite_only_groups = [\"lab\"]\n",
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("recovery_recipient"), "{err}");
+        c.backups.recovery_recipient = Some(
+            otter_keys::age::x25519::Identity::generate()
+                .to_public()
+                .to_string(),
+        );
+        c.validate().unwrap();
+        assert!(c.backups.write_only_for(Some("lab")));
+        assert!(!c.backups.write_only_for(Some("shop")));
+        assert!(!c.backups.write_only_for(None));
+        c.backups.write_only = true;
+        assert!(c.backups.write_only_for(None));
+        c.backups.write_only_groups = vec!["a b".into()];
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -189,6 +189,8 @@ impl Server {
             alerts::Alerts::from_config(&config.alerts)
                 .map_err(|e| ServerError::Config(ConfigError::Invalid(e.to_string())))?,
         );
+        // Webhook deliveries that were pending when the server last stopped are sent again.
+        alerts.resume_pending(&state.db).await;
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -241,26 +243,33 @@ where
     Server::open(config).await?.run(listener, shutdown).await
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
+/// Completes on SIGINT (Ctrl-C) or SIGTERM. The SIGTERM handler is registered when this is
+/// called (inside the runtime), not when the future is first polled, so a SIGTERM that arrives
+/// right after the server says it is listening still stops it gracefully.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{signal, SignalKind};
         match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
+            Ok(term) => Some(term),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                ctrl_c().await;
+                None
             }
         }
+    };
+    let ctrl = Box::pin(ctrl_c());
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = ctrl => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        ctrl.await;
     }
-    #[cfg(not(unix))]
-    ctrl_c().await;
 }
 
 /// Completes on Ctrl-C; never, if Ctrl-C cannot be listened for.

@@ -34,13 +34,15 @@ enum Command {
     Token(cli::token::TokenCommand),
     /// Upload and publish a release bundle.
     Publish(cli::publish::PublishArgs),
-    /// Create single-use enrollment tokens for terminals, on the server host.
+    /// Create, list or revoke single-use enrollment tokens for terminals, on the server
+    /// host (or with --server through the API).
     #[command(subcommand)]
     EnrollToken(cli::enroll_token::EnrollTokenCommand),
     /// List or revoke enrolled devices, on the server host.
     #[command(subcommand)]
     Devices(cli::devices::DevicesCommand),
-    /// List, show, verify or prune received backups, on the server host.
+    /// List, show, verify or prune received backups, on the server host; export a backup and
+    /// import transfers through the API.
     #[command(subcommand)]
     Backups(cli::backups::BackupsCommand),
     /// Show or change a release's rollout (percent, groups, pause, resume, abort), through
@@ -50,6 +52,12 @@ enum Command {
     /// Verify the hash-chained audit log (on the server host) or list it (through the API).
     #[command(subcommand)]
     Audit(cli::audit::AuditCommand),
+    /// Publish a new root version (rotated offline with otter-keys) through the API.
+    #[command(subcommand)]
+    Root(cli::root::RootCommand),
+    /// Install online keys for a rotated root into the data dir, on the server host.
+    #[command(subcommand)]
+    Keys(cli::root::KeysCommand),
     /// Create binary deltas with the codec publishing uses (operators, benchmarks).
     #[command(subcommand)]
     Delta(cli::delta::DeltaCommand),
@@ -86,6 +94,15 @@ struct ServeArgs {
     /// OTTER_SERVER_KEY_PASSPHRASE environment variable).
     #[arg(long, env = "OTTER_KEY_PASSPHRASE_FILE", value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
+    /// When the store holds newer TUF metadata than the database (an older database copy
+    /// was restored), re-sign the database's state at versions above the store's instead of
+    /// refusing to start (docs/disaster-recovery.md).
+    #[arg(long)]
+    resume_above_store: bool,
+    /// A write-only backup fleet, true or false ([backups] write_only): terminals enrolled
+    /// from now on encrypt backups to the recovery key alone and keep no backup identity.
+    #[arg(long, env = "OTTER_BACKUPS_WRITE_ONLY", value_name = "true|false")]
+    backups_write_only: Option<bool>,
 }
 
 fn main() -> Result<()> {
@@ -99,6 +116,8 @@ fn main() -> Result<()> {
         Command::Backups(cmd) => cli::backups::run(cmd),
         Command::Rollout(cmd) => cli::rollout::run(cmd),
         Command::Audit(cmd) => cli::audit::run(cmd),
+        Command::Root(cmd) => cli::root::run_root(cmd),
+        Command::Keys(cmd) => cli::root::run_keys(cmd),
         Command::Delta(cmd) => cli::delta::run(cmd),
         Command::DefaultConfig => {
             print!("{}", otter_server::config::EXAMPLE_CONFIG);
@@ -126,14 +145,23 @@ fn serve(args: ServeArgs) -> Result<()> {
     config.store.url = args.store_url.or(config.store.url);
     config.log_format = args.log_format.unwrap_or(config.log_format);
     config.key_passphrase_file = args.passphrase_file.or(config.key_passphrase_file);
+    config.resume_above_store = args.resume_above_store;
+    config.backups.write_only = args.backups_write_only.unwrap_or(config.backups.write_only);
     config.validate()?;
     otter_server::logging::init(config.log_format)?;
     let listener = bind(&config.listen)?;
     let addr = listener.local_addr()?;
+    let log_format = config.log_format;
     actix_web::rt::System::new().block_on(async move {
+        let shutdown = otter_server::shutdown_signal();
         let server = Server::open(config).await?;
         if let Some(created) = server.dev_repository_created() {
-            eprintln!("{}", created.warning());
+            match log_format {
+                otter_server::config::LogFormat::Text => eprintln!("{}", created.warning()),
+                // Log collectors parse every line: `Server::open` has already logged the
+                // online-root warning as a structured WARN line.
+                otter_server::config::LogFormat::Json => {}
+            }
             println!(
                 "admin API token (shown once, it is stored only hashed): {}",
                 created.admin_token.expose_dangerous()
@@ -141,9 +169,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
         println!("listening on http://{addr}");
         std::io::stdout().flush()?;
-        server
-            .run(listener, otter_server::shutdown_signal())
-            .await?;
+        server.run(listener, shutdown).await?;
         Ok(())
     })
 }

@@ -3,6 +3,10 @@
 //! or any S3-compatible service), built from the `[store]` configuration, with the keys the
 //! repository uses. Nothing here relies on the store for immutability (S3-compatible servers
 //! such as Garage ignore create-if-absent): the database decides what may be written.
+//! Metadata files are also kept in memory ([`cache`]), updated by every write through
+//! [`Store::put`].
+
+pub mod cache;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +20,10 @@ use object_store::{
     ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
+use actix_web::web::Bytes;
+
 use crate::config::StoreConfig;
+use cache::{Cached, CachedFile, MetadataCache};
 
 /// Size of the parts of a multipart upload ([`Store::put_file`]); smaller files go up in one
 /// put. S3 wants at least 5 MiB per part except the last.
@@ -190,6 +197,9 @@ fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<(), StoreError> {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
+    /// The same store when it is a local directory, to map keys to files.
+    local: Option<Arc<LocalFileSystem>>,
+    metadata: Arc<MetadataCache>,
     url: String,
 }
 
@@ -229,8 +239,11 @@ impl Store {
             // Files are renamed into place; fsync makes each write durable before the next
             // one (e.g. the timestamp) refers to it.
             .with_fsync(true);
+        let fs = Arc::new(fs);
         Ok(Store {
-            inner: Arc::new(fs),
+            inner: Arc::clone(&fs) as Arc<dyn ObjectStore>,
+            local: Some(fs),
+            metadata: Arc::new(MetadataCache::new()),
             url: url.map_or_else(|| format!("file://{}", dir.display()), str::to_owned),
         })
     }
@@ -299,7 +312,12 @@ impl Store {
         } else {
             Arc::new(PrefixStore::new(s3, object_path(prefix)?))
         };
-        Ok(Store { inner, url })
+        Ok(Store {
+            inner,
+            local: None,
+            metadata: Arc::new(MetadataCache::new()),
+            url,
+        })
     }
 
     /// Whether the store already holds a TUF repository (its `1.root.json`). A new data
@@ -313,28 +331,117 @@ impl Store {
         &self.url
     }
 
-    /// The underlying store, for streaming reads.
+    /// The underlying store, for streaming reads. Write metadata files through
+    /// [`Store::put`] only, never through this: the metadata cache must see every write.
     pub fn inner(&self) -> &Arc<dyn ObjectStore> {
         &self.inner
     }
 
+    /// The in-memory cache of metadata files (see [`cache`]).
+    pub fn metadata_cache(&self) -> &MetadataCache {
+        &self.metadata
+    }
+
+    /// The local file that holds `key`, when the store is a local directory; `None` for S3.
+    /// Read it only: writes go through the store.
+    pub fn local_file(&self, key: &str) -> Option<PathBuf> {
+        let local = self.local.as_ref()?;
+        local.path_to_filesystem(&object_path(key).ok()?).ok()
+    }
+
     /// Writes an object atomically (readers see the old or the new contents, never a mix).
+    /// A metadata file also replaces its entry in the metadata cache before this returns, so
+    /// the next request serves it.
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         let path = object_path(key)?;
-        self.inner
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map_err(|source| StoreError::Op {
-                op: "put",
-                key: key.into(),
-                source,
-            })?;
+        let op = |op: &'static str| {
+            let key = key.to_owned();
+            move |source| StoreError::Op { op, key, source }
+        };
+        let Some(name) = metadata_file_name(key) else {
+            self.inner
+                .put(&path, PutPayload::from(bytes))
+                .await
+                .map_err(op("put"))?;
+            return Ok(());
+        };
+        // One metadata write at a time, so that the content and the store's metadata put in
+        // the cache are those of the same write.
+        let _one_writer = self.metadata.writes.lock().await;
+        let bytes = Bytes::from(bytes);
+        if let Err(e) = self.inner.put(&path, PutPayload::from(bytes.clone())).await {
+            // The store may hold either version now: read it again next time.
+            self.metadata.invalidate(name);
+            return Err(op("put")(e));
+        }
+        match self.inner.head(&path).await {
+            Ok(meta) if meta.size == bytes.len() as u64 => {
+                self.metadata
+                    .insert(name, Arc::new(CachedFile::new(bytes, meta)));
+            }
+            Ok(_) => self.metadata.invalidate(name),
+            Err(e) => {
+                self.metadata.invalidate(name);
+                tracing::warn!(key, error = %e, "reading back a metadata file just written failed; it is served from the store");
+            }
+        }
         Ok(())
+    }
+
+    /// Reads metadata file `name` (e.g. `timestamp.json`) through the metadata cache: from
+    /// memory when it is there, else from the store (and keeps it, unless a write raced
+    /// with this read).
+    pub async fn read_metadata(&self, name: &str) -> Result<MetadataRead, StoreError> {
+        match self.metadata.get(name) {
+            Some(Cached::File(f)) => return Ok(MetadataRead::File(f)),
+            Some(Cached::Missing) => return Ok(MetadataRead::Missing),
+            None => {}
+        }
+        let key = metadata_key(name);
+        let path = object_path(&key)?;
+        let op = |source| StoreError::Op {
+            op: "get",
+            key: key.clone(),
+            source,
+        };
+        let generation = self.metadata.generation();
+        match self.inner.get(&path).await {
+            Ok(got) if got.meta.size > cache::MAX_FILE_BYTES as u64 => Ok(MetadataRead::TooLarge),
+            Ok(got) => {
+                let meta = got.meta.clone();
+                let bytes = got.bytes().await.map_err(op)?;
+                if bytes.len() as u64 != meta.size {
+                    // Replaced while read (a store without snapshot reads): not cached.
+                    return Ok(MetadataRead::TooLarge);
+                }
+                let file = Arc::new(CachedFile::new(bytes, meta));
+                self.metadata
+                    .fill(name, Some(Arc::clone(&file)), generation);
+                Ok(MetadataRead::File(file))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.metadata.fill(name, None, generation);
+                Ok(MetadataRead::Missing)
+            }
+            Err(source) => Err(op(source)),
+        }
     }
 
     /// Writes a (large) local file as an object, streaming it in parts so that it is never
     /// whole in memory; atomic like [`Store::put`]. File reads run off the executor.
     pub async fn put_file(&self, key: &str, file: &Path) -> Result<(), StoreError> {
+        let Some(name) = metadata_file_name(key) else {
+            return self.put_file_uncached(key, file).await;
+        };
+        // Metadata goes through [`Store::put`]; should a large one come here, the cache
+        // forgets it, whatever the outcome.
+        let _one_writer = self.metadata.writes.lock().await;
+        let result = self.put_file_uncached(key, file).await;
+        self.metadata.invalidate(name);
+        result
+    }
+
+    async fn put_file_uncached(&self, key: &str, file: &Path) -> Result<(), StoreError> {
         use std::io::Read;
         const PART: usize = PART_BYTES;
         let path = object_path(key)?;
@@ -427,6 +534,65 @@ impl Store {
 /// The store key of a metadata file.
 pub fn metadata_key(file_name: &str) -> String {
     format!("{METADATA_PREFIX}/{file_name}")
+}
+
+/// The metadata file name a store key names (`repo/metadata/NAME`, one segment), if any.
+fn metadata_file_name(key: &str) -> Option<&str> {
+    let name = key.strip_prefix(METADATA_PREFIX)?.strip_prefix('/')?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// What [`Store::read_metadata`] found.
+#[derive(Debug, Clone)]
+pub enum MetadataRead {
+    /// The file, in memory.
+    File(Arc<CachedFile>),
+    /// There is no such file.
+    Missing,
+    /// The file is too large to keep in memory (or changed while read): stream it from the
+    /// store instead.
+    TooLarge,
+}
+
+/// A strong HTTP entity tag (quoted) from the store's, reduced to the characters an entity
+/// tag may hold, or from size and modification time when the store gives none.
+pub fn entity_tag(meta: &ObjectMeta) -> String {
+    let clean: String = meta
+        .e_tag
+        .as_deref()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '"')
+        .collect();
+    if clean.is_empty() {
+        let micros = meta.last_modified.timestamp_micros();
+        format!("\"{:x}-{:x}\"", meta.size, micros)
+    } else {
+        format!("\"{clean}\"")
+    }
+}
+
+/// The store's metadata of a local file, as `object_store`'s local store gives it (the same
+/// entity tag: inode, modification time in microseconds and size, in hex), for files read
+/// directly (see [`Store::local_file`]).
+pub fn local_file_meta(location: StorePath, file: &std::fs::Metadata) -> ObjectMeta {
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(file);
+    #[cfg(not(unix))]
+    let inode = 0u64;
+    let modified = file.modified().ok();
+    let micros = modified
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default()
+        .as_micros();
+    let size = file.len();
+    ObjectMeta {
+        location,
+        last_modified: modified.map(Into::into).unwrap_or_default(),
+        size,
+        e_tag: Some(format!("{inode:x}-{micros:x}-{size:x}")),
+        version: None,
+    }
 }
 
 /// The store key of a target file.

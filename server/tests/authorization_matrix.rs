@@ -155,16 +155,45 @@ fn each_route_admits_exactly_its_roles() {
                 }
             }
         }
-        // Admin is admitted everywhere; restorer only to the backup catalog.
+        // Admin is admitted everywhere; restorer only to the backup catalog, exports and
+        // transfers.
         for (_, pattern, access) in API_ROUTES {
             if let Access::Roles(admitted) = access {
                 assert!(admitted.contains(&TokenRole::Admin));
                 assert_eq!(
                     admitted.contains(&TokenRole::Restorer),
-                    pattern.starts_with("/api/v1/backups"),
+                    pattern.starts_with("/api/v1/backups")
+                        || *pattern == "/api/v1/devices/{id}/backups/export"
+                        || *pattern == "/api/v1/devices/{id}/transfers",
                     "{pattern}"
                 );
             }
+        }
+        // Backup exports and transfers: admins and restorers; devices fetch their own.
+        let transferring = Access::Roles(&[TokenRole::Admin, TokenRole::Restorer]);
+        for route in [
+            ("GET", "/api/v1/devices/{id}/backups/export", transferring),
+            ("POST", "/api/v1/devices/{id}/transfers", transferring),
+            ("GET", "/api/v1/devices/{id}/transfers", transferring),
+            ("GET", "/api/v1/device/transfers", Access::DeviceSignature),
+            ("GET", "/api/v1/device/transfers/{id}", Access::DeviceSignature),
+        ] {
+            assert!(API_ROUTES.contains(&route), "{route:?} is in the table");
+        }
+        // Enrollment tokens: listed by those who create or audit them, revoked by admins.
+        for route in [
+            (
+                "GET",
+                "/api/v1/enrollment-tokens",
+                Access::Roles(&[TokenRole::Admin, TokenRole::Operator, TokenRole::Auditor]),
+            ),
+            (
+                "DELETE",
+                "/api/v1/enrollment-tokens/{id}",
+                Access::Roles(&[TokenRole::Admin]),
+            ),
+        ] {
+            assert!(API_ROUTES.contains(&route), "{route:?} is in the table");
         }
         for route in [
             ("POST", "/api/v1/enroll", Access::EnrollmentToken),
@@ -209,6 +238,15 @@ fn each_console_route_admits_exactly_its_roles() {
         let c = client();
         let cc = console_support::client();
         assert!(!CONSOLE_ROUTES.is_empty());
+        // Ordering a repair: the restore request roles, confirmation page and form alike.
+        for method in ["GET", "POST"] {
+            let route = (
+                method,
+                "/console/devices/{device}/repair",
+                Access::Roles(&[TokenRole::Admin, TokenRole::Restorer]),
+            );
+            assert!(CONSOLE_ROUTES.contains(&route), "{route:?} is in the table");
+        }
         for role in TokenRole::ALL {
             let (_, t) = make_token(&c, &srv, &admin, role.as_str()).await;
             for (method, pattern, access) in CONSOLE_ROUTES {

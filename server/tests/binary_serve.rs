@@ -179,6 +179,42 @@ fn serve_prints_its_address_serves_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
+fn first_start_under_json_logs_warns_in_json_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("otter-data");
+    let s = spawn(Command::new(BIN).args([
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ]));
+    assert!(s
+        .stdout_before_listening
+        .iter()
+        .any(|l| l.starts_with("admin API token")));
+    // SIGTERM at once: the handler is in place before the address is printed.
+    let (status, stderr) = sigterm_and_wait(s);
+    assert!(status.success(), "stderr:\n{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let warning = lines
+        .iter()
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("DEVELOPMENT repository"))
+        })
+        .expect("the online-root warning is logged as a JSON line");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+}
+
+#[test]
 fn default_config_prints_the_example_configuration() {
     let out = Command::new(BIN).arg("default-config").output().unwrap();
     assert!(out.status.success());

@@ -8,12 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{command, show, ServerGuard};
+use common::{command, show};
+use fleet::Fleet;
 use serde_json::Value;
 
 /// Bytes per second of the cap used by the tests.
@@ -70,69 +73,14 @@ fn wait_for_uploaded_packs(state: &Path, n: usize) {
     }
 }
 
-fn manifest_count(data: &Path, device: &str) -> usize {
-    let out = command("otter-server")
-        .args([
-            "backups",
-            "list",
-            "--json",
-            "--device",
-            device,
-            "--data-dir",
-        ])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    list.as_array().unwrap().len()
-}
-
 #[test]
 fn a_capped_backup_is_slowed_and_a_killed_one_resumes_without_a_manifest() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("server-data");
-    let recovery = otter_keys::age::x25519::Identity::generate();
-    let config = tmp.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[backups]\nrecovery_recipient = \"{}\"\n",
-            recovery.to_public()
-        ),
-    )
-    .unwrap();
-    let mut server = ServerGuard::start(
-        &data,
-        &["--config".as_ref(), config.as_os_str()],
-        &tmp.path().join("server.log"),
-    );
-    let out = command("otter-server")
-        .args(["enroll-token", "create", "--expires-in", "1h", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let root_file = tmp.path().join("image-root.json");
-    std::fs::copy(data.join("store/repo/metadata/1.root.json"), &root_file).unwrap();
-    let state = tmp.path().join("terminal/state");
-    let out = command("otter-agent")
-        .args(["enroll", "--server", &server.url, "--model", "pos-a"])
-        .env("OTTER_ENROLL_TOKEN", &token)
-        .arg("--trusted-root")
-        .arg(&root_file)
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-    let agent: Value =
-        serde_json::from_slice(&std::fs::read(state.join("agent.json")).unwrap()).unwrap();
-    let device = agent["device_id"].as_str().unwrap().to_owned();
+    let mut fleet = Fleet::builder().recovery_key().start();
+    let t = fleet.enroll("terminal");
+    let (state, device) = (t.state.clone(), t.device_id.clone());
 
     // About 2 MiB of incompressible rows.
-    let db = tmp.path().join("terminal/pos.db");
+    let db = t.dir.join("pos.db");
     sql(
         &db,
         "CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB NOT NULL);\n\
@@ -148,7 +96,7 @@ fn a_capped_backup_is_slowed_and_a_killed_one_resumes_without_a_manifest() {
     // Lower bound only: the cap can only make it slower.
     let floor = Duration::from_secs_f64(0.75 * bytes as f64 / RATE as f64);
     assert!(took >= floor, "{bytes} bytes at {RATE} B/s took {took:?}");
-    assert_eq!(manifest_count(&data, &device), 1);
+    assert_eq!(fleet.backups(Some(&device)).len(), 1);
 
     // Another 2 MiB of new rows; the run is killed with SIGKILL mid-upload.
     sql(
@@ -169,7 +117,7 @@ fn a_capped_backup_is_slowed_and_a_killed_one_resumes_without_a_manifest() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(
-        manifest_count(&data, &device),
+        fleet.backups(Some(&device)).len(),
         1,
         "a killed run left a manifest"
     );
@@ -183,7 +131,7 @@ fn a_capped_backup_is_slowed_and_a_killed_one_resumes_without_a_manifest() {
         "{}",
         show(&out)
     );
-    assert_eq!(manifest_count(&data, &device), 2);
+    assert_eq!(fleet.backups(Some(&device)).len(), 2);
     assert!(
         packs_after_kill < packs,
         "{packs_after_kill} new packs after the kill, {packs} for the same amount of new data"
@@ -201,24 +149,20 @@ fn a_capped_backup_is_slowed_and_a_killed_one_resumes_without_a_manifest() {
         .spawn()
         .unwrap();
     wait_for_uploaded_packs(&state, 2);
-    server.stop();
+    fleet.server.stop();
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "{}", show(&out));
     assert_eq!(
-        manifest_count(&data, &device),
+        fleet.backups(Some(&device)).len(),
         2,
         "a failed run left a manifest"
     );
 
     // The server comes back (on another port); the next run completes, reusing packs.
-    let mut server = ServerGuard::start(
-        &data,
-        &["--config".as_ref(), config.as_os_str()],
-        &tmp.path().join("server2.log"),
-    );
+    fleet.restart("server2.log");
     let mut agent: Value =
         serde_json::from_slice(&std::fs::read(state.join("agent.json")).unwrap()).unwrap();
-    agent["server_url"] = Value::String(server.url.clone());
+    agent["server_url"] = Value::String(fleet.server.url.clone());
     std::fs::write(
         state.join("agent.json"),
         serde_json::to_vec(&agent).unwrap(),
@@ -236,6 +180,6 @@ fn a_capped_backup_is_slowed_and_a_killed_one_resumes_without_a_manifest() {
         packs_after_stop < packs,
         "{packs_after_stop} new packs after the stop"
     );
-    assert_eq!(manifest_count(&data, &device), 3);
-    server.stop();
+    assert_eq!(fleet.backups(Some(&device)).len(), 3);
+    fleet.server.stop();
 }

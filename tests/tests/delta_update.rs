@@ -12,15 +12,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::PathBuf;
 
-use common::{command, show, ServerGuard};
+use common::{command, show};
+use fleet::{Fleet, Terminal, COMPONENT, MODEL};
 use serde_json::Value;
-
-const MODEL: &str = "pos-a";
-const COMPONENT: &str = "pos-app";
 
 /// A bundle of `COMPONENT` at `version` with one payload file.
 fn bundle(version: &str, payload: &[u8]) -> Vec<u8> {
@@ -69,56 +68,32 @@ fn image(v: u64) -> Vec<u8> {
     img
 }
 
+/// A fleet and its one terminal, whose agent configs the test writes.
 struct Env {
-    tmp: tempfile::TempDir,
-    server: ServerGuard,
-    data: PathBuf,
-    log: PathBuf,
-    token_file: PathBuf,
-    state: PathBuf,
-    root: PathBuf,
+    fleet: Fleet,
+    t: Terminal,
 }
 
 impl Env {
-    fn agent(&self, config: &Path, args: &[&str]) -> Output {
-        command("otter-agent")
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .output()
-            .unwrap()
-    }
-
+    /// An agent config: one download attempt, `[update] metered` as given.
     fn config(&self, metered: bool) -> PathBuf {
-        let path = self.tmp.path().join(format!("agent-{metered}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "state_dir = {:?}\ninstall_root = {:?}\n[update]\njitter_secs = 0\n\
-                 download_attempts = 1\nmetered = {metered}\n[apply]\nhealth_timeout_secs = 20\n",
-                self.state.to_str().unwrap(),
-                self.root.to_str().unwrap()
+        self.t.write_config(
+            &format!("agent-{metered}.toml"),
+            &format!(
+                "[update]\njitter_secs = 0\ndownload_attempts = 1\nmetered = {metered}\n\
+                 [apply]\nhealth_timeout_secs = 20\n"
             ),
         )
-        .unwrap();
-        path
     }
 
     fn publish(&self, version: &str, bytes: &[u8]) {
-        let file = self.tmp.path().join(format!("{version}.bundle"));
-        std::fs::write(&file, bytes).unwrap();
-        let out = command("otter-server")
-            .args(["publish", "--server", &self.server.url, "--token-file"])
-            .arg(&self.token_file)
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
+        self.fleet.publish(version, bytes, &[]);
     }
 
     fn installed_image(&self) -> Vec<u8> {
         std::fs::read(
-            self.root
+            self.t
+                .root
                 .join("components")
                 .join(COMPONENT)
                 .join("current/app.img"),
@@ -128,7 +103,7 @@ impl Env {
 
     /// How many requests the server logged for target files whose name ends with `suffix`.
     fn requests_for(&self, suffix: &str) -> usize {
-        std::fs::read_to_string(&self.log)
+        std::fs::read_to_string(&self.fleet.log)
             .unwrap()
             .lines()
             .filter(|l| l.contains("request") && l.contains("/repo/targets/"))
@@ -141,7 +116,7 @@ impl Env {
 
     /// The stored file of the target whose name ends with `suffix`.
     fn stored(&self, suffix: &str) -> PathBuf {
-        let dir = self.data.join("store/repo/targets");
+        let dir = self.fleet.data.join("store/repo/targets");
         std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -150,59 +125,18 @@ impl Env {
     }
 
     fn device(&self) -> Value {
-        let out = command("otter-server")
-            .args(["devices", "list", "--json", "--data-dir"])
-            .arg(&self.data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-        list[0].clone()
+        self.fleet.devices()[0].clone()
     }
 }
 
 fn setup() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("server-data");
-    let log = tmp.path().join("server.log");
-    let server = ServerGuard::start(&data, &[], &log);
-    let e = |args: &[&str]| {
-        let out = command("otter-server")
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    let publisher = e(&["token", "create", "--role", "publisher"]);
-    let token_file = tmp.path().join("publisher.token");
-    std::fs::write(&token_file, format!("{publisher}\n")).unwrap();
-    let enroll_token = e(&["enroll-token", "create", "--expires-in", "1h"]);
-    let root_file = tmp.path().join("image-root.json");
-    std::fs::copy(data.join("store/repo/metadata/1.root.json"), &root_file).unwrap();
-    let state = tmp.path().join("terminal/state");
-    let out = command("otter-agent")
-        .args(["enroll", "--server", &server.url, "--model", MODEL])
-        .env("OTTER_ENROLL_TOKEN", &enroll_token)
-        .arg("--trusted-root")
-        .arg(&root_file)
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-    let root = tmp.path().join("terminal/opt-otter");
-    Env {
-        tmp,
-        server,
-        data,
-        log,
-        token_file,
-        state,
-        root,
-    }
+    // Repository files served with success are logged at debug level: `requests_for`
+    // counts them.
+    let fleet = Fleet::builder()
+        .server_env("OTTER_LOG", "otter_server::http=debug,info")
+        .start();
+    let t = fleet.enroll("terminal");
+    Env { fleet, t }
 }
 
 #[test]
@@ -212,24 +146,24 @@ fn an_installed_terminal_updates_through_the_delta_and_falls_back_when_it_is_tam
 
     // 1.0.0: nothing installed, so the full bundle.
     env.publish("1.0.0", &bundle("1.0.0", &image(0)));
-    let out = env.agent(&cfg, &["update"]);
+    let out = env.t.agent_with(&cfg, &["update"]);
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(env.installed_image(), image(0));
     assert_eq!(
         env.requests_for(".pos-app-1.0.0.tar.zst"),
         1,
         "{}",
-        std::fs::read_to_string(&env.log).unwrap()
+        std::fs::read_to_string(&env.fleet.log).unwrap()
     );
     assert!(
-        env.state.join("bundles/pos-app-1.0.0.tar.zst").is_file(),
+        env.t.state.join("bundles/pos-app-1.0.0.tar.zst").is_file(),
         "the installed bundle is kept as the next base"
     );
 
     // 2.0.0: the delta from 1.0.0 only.
     let b2 = bundle("2.0.0", &image(2));
     env.publish("2.0.0", &b2);
-    let out = env.agent(&cfg, &["update"]);
+    let out = env.t.agent_with(&cfg, &["update"]);
     assert!(out.status.success(), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -258,7 +192,7 @@ fn an_installed_terminal_updates_through_the_delta_and_falls_back_when_it_is_tam
         b2.len()
     );
     // The kept bases follow what the apply engine keeps (1.0.0 as previous, 2.0.0 active).
-    assert!(env.state.join("bundles/pos-app-2.0.0.tar.zst").is_file());
+    assert!(env.t.state.join("bundles/pos-app-2.0.0.tar.zst").is_file());
 
     // 3.0.0 with its delta tampered in the server's store: refused by its signed hash,
     // reported, and the full bundle is downloaded instead.
@@ -268,7 +202,7 @@ fn an_installed_terminal_updates_through_the_delta_and_falls_back_when_it_is_tam
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&stored, &bytes).unwrap();
-    let out = env.agent(&cfg, &["update"]);
+    let out = env.t.agent_with(&cfg, &["update"]);
     assert!(out.status.success(), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -298,7 +232,7 @@ fn an_installed_terminal_updates_through_the_delta_and_falls_back_when_it_is_tam
     bytes[last] ^= 0xff;
     std::fs::write(&stored, &bytes).unwrap();
     let metered = env.config(true);
-    let out = env.agent(&metered, &["update"]);
+    let out = env.t.agent_with(&metered, &["update"]);
     assert!(out.status.success(), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("waiting: metered link"), "{}", show(&out));

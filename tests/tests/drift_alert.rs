@@ -11,20 +11,20 @@
 //! first (`cargo build --workspace`; `cargo test --workspace` does).
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Output;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{command, show, ServerGuard};
+use common::{command, show};
+use fleet::{Fleet, COMPONENT, MODEL};
 use serde_json::Value;
 
-const MODEL: &str = "pos-a";
-const COMPONENT: &str = "pos-app";
 const SECRET: &str = "drift-test-webhook-secret-0123456789";
 
 fn bundle(version: &str, payload: &[u8]) -> Vec<u8> {
@@ -165,85 +165,27 @@ fn a_file_altered_on_a_terminal_raises_an_alert_in_the_console_metrics_and_webho
     let secret_file = tmp.path().join("webhook.secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
     std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let server_config = tmp.path().join("server.toml");
-    std::fs::write(
-        &server_config,
-        format!(
+    let fleet = Fleet::builder()
+        .in_dir(tmp)
+        .server_toml(&format!(
             "[alerts]\nwebhook_url = {hook_url:?}\nwebhook_secret_file = {:?}\nwebhook_attempts = 3\n",
             secret_file.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let data = tmp.path().join("server-data");
-    let server = ServerGuard::start(
-        &data,
-        &["--config".as_ref(), server_config.as_os_str()],
-        &tmp.path().join("server.log"),
-    );
-    let srv = |args: &[&str]| -> String {
-        let out = command("otter-server")
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    let publisher = srv(&["token", "create", "--role", "publisher"]);
-    let auditor = srv(&["token", "create", "--role", "auditor"]);
-    let operator = srv(&["token", "create", "--role", "operator"]);
-    let enroll_token = srv(&["enroll-token", "create", "--expires-in", "1h"]);
+        ))
+        .start();
+    let server = &fleet.server;
+    let tmp = &fleet.tmp;
+    let auditor = fleet.token("auditor");
+    let operator = fleet.token("operator");
 
     // A terminal enrolled, and a release installed on it.
-    let root_file = tmp.path().join("image-root.json");
-    std::fs::copy(data.join("store/repo/metadata/1.root.json"), &root_file).unwrap();
-    let state = tmp.path().join("terminal/state");
-    let out = command("otter-agent")
-        .args(["enroll", "--server", &server.url, "--model", MODEL])
-        .env("OTTER_ENROLL_TOKEN", &enroll_token)
-        .arg("--trusted-root")
-        .arg(&root_file)
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-    let device_id = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .strip_prefix("enrolled as device ")
-        .unwrap()
-        .to_string();
-    let root = tmp.path().join("terminal/opt-otter");
-    let config = tmp.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}\ninstall_root = {:?}\n[update]\njitter_secs = 0\n[apply]\nhealth_timeout_secs = 20\n[integrity]\ninterval_secs = 1\n",
-            state.to_str().unwrap(),
-            root.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let agent = |args: &[&str]| -> Output {
-        command("otter-agent")
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap()
-    };
-    let bundle_file = tmp.path().join("pos-app-1.0.0.bundle");
-    std::fs::write(&bundle_file, bundle("1.0.0", &[7u8; 5000])).unwrap();
-    let token_file = tmp.path().join("publisher.token");
-    std::fs::write(&token_file, format!("{publisher}\n")).unwrap();
-    let out = command("otter-server")
-        .args(["publish", "--server", &server.url, "--token-file"])
-        .arg(&token_file)
-        .arg(&bundle_file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
+    let t = fleet.enroll("terminal");
+    let device_id = t.device_id.clone();
+    t.write_config(
+        "agent.toml",
+        "[update]\njitter_secs = 0\n[apply]\nhealth_timeout_secs = 20\n[integrity]\ninterval_secs = 1\n",
+    );
+    let agent = |args: &[&str]| t.agent(args);
+    fleet.publish("1.0.0", &bundle("1.0.0", &[7u8; 5000]), &[]);
     let out = agent(&["update"]);
     assert!(out.status.success(), "{}", show(&out));
 
@@ -257,7 +199,7 @@ fn a_file_altered_on_a_terminal_raises_an_alert_in_the_console_metrics_and_webho
     );
 
     // Tampering: one byte of the installed payload.
-    let installed = root.join("components/pos-app/current/app.bin");
+    let installed = t.root.join("components/pos-app/current/app.bin");
     let mut bytes = std::fs::read(&installed).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(&installed, &bytes).unwrap();
@@ -269,7 +211,7 @@ fn a_file_altered_on_a_terminal_raises_an_alert_in_the_console_metrics_and_webho
     assert_eq!(r["reported"], true, "{r}");
 
     // The report reached the server.
-    let list: Value = serde_json::from_str(&srv(&["devices", "list", "--json"])).unwrap();
+    let list: Value = serde_json::from_str(&fleet.admin(&["devices", "list", "--json"])).unwrap();
     let events = &list[0]["last_report"]["security_events"];
     assert_eq!(events[0]["kind"], "integrity_drift", "{list}");
     assert!(
@@ -303,8 +245,7 @@ fn a_file_altered_on_a_terminal_raises_an_alert_in_the_console_metrics_and_webho
         assert_eq!(p["alerts"][0]["device_id"], device_id.as_str(), "{p}");
     }
     assert!(
-        !String::from_utf8_lossy(&std::fs::read(tmp.path().join("server.log")).unwrap())
-            .contains(SECRET),
+        !String::from_utf8_lossy(&std::fs::read(&fleet.log).unwrap()).contains(SECRET),
         "the webhook secret is never logged"
     );
 
@@ -450,5 +391,5 @@ fn a_file_altered_on_a_terminal_raises_an_alert_in_the_console_metrics_and_webho
         audit.contains("alert.acknowledge") && audit.contains("alert:1"),
         "{audit}"
     );
-    drop(server);
+    drop(fleet);
 }

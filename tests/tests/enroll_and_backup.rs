@@ -10,11 +10,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{command, show, ServerGuard};
+use common::{command, show};
+use fleet::Fleet;
 
 use serde_json::Value;
 
@@ -48,48 +51,12 @@ fn backup(state: &Path, db: &Path) -> Output {
 
 #[test]
 fn an_enrolled_terminal_backs_up_to_the_server_and_the_recovery_key_opens_it() {
-    use otter_keys::age::x25519::Identity;
     use otter_keys::envelope::SignedManifest;
 
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("server-data");
-    let recovery = Identity::generate();
-    let config = tmp.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[backups]\nrecovery_recipient = \"{}\"\n",
-            recovery.to_public()
-        ),
-    )
-    .unwrap();
-    let mut server = ServerGuard::start(
-        &data,
-        &["--config".as_ref(), config.as_os_str()],
-        &tmp.path().join("server.log"),
-    );
-
-    let out = command("otter-server")
-        .args(["enroll-token", "create", "--expires-in", "1h", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let root_file = tmp.path().join("image-root.json");
-    std::fs::copy(data.join("store/repo/metadata/1.root.json"), &root_file).unwrap();
-
-    let state = tmp.path().join("terminal/state");
-    let out = command("otter-agent")
-        .args(["enroll", "--server", &server.url, "--model", "pos-a"])
-        .env("OTTER_ENROLL_TOKEN", &token)
-        .arg("--trusted-root")
-        .arg(&root_file)
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
+    let mut fleet = Fleet::builder().recovery_key().start();
+    let t = fleet.enroll("terminal");
+    let (data, state) = (fleet.data.clone(), t.state.clone());
+    let recovery = fleet.recovery();
     let agent: Value =
         serde_json::from_slice(&std::fs::read(state.join("agent.json")).unwrap()).unwrap();
     let device_id = agent["device_id"].as_str().unwrap().to_owned();
@@ -99,7 +66,7 @@ fn an_enrolled_terminal_backs_up_to_the_server_and_the_recovery_key_opens_it() {
     );
 
     // A small till database: 2000 sales.
-    let db = tmp.path().join("terminal/pos.db");
+    let db = t.dir.join("pos.db");
     sql(
         &db,
         "CREATE TABLE sales (id INTEGER PRIMARY KEY, item TEXT NOT NULL, cents INTEGER NOT NULL);\n\
@@ -173,7 +140,7 @@ fn an_enrolled_terminal_backs_up_to_the_server_and_the_recovery_key_opens_it() {
         let bytes = std::fs::read(&path).unwrap();
         let manifest = SignedManifest::from_bytes(&bytes, 256 * 1024 * 1024).unwrap();
         assert_eq!(manifest.header.sequence, seq);
-        let body = manifest.open_body(&recovery, 256 * 1024 * 1024).unwrap();
+        let body = manifest.open_body(recovery, 256 * 1024 * 1024).unwrap();
         assert_eq!(body.row_counts.get("sales").copied(), Some(2000));
         assert!(body.page_count > 1);
     }
@@ -192,7 +159,7 @@ fn an_enrolled_terminal_backs_up_to_the_server_and_the_recovery_key_opens_it() {
         show(&out)
     );
 
-    let status = server.stop().expect("the server stops on SIGTERM");
+    let status = fleet.server.stop().expect("the server stops on SIGTERM");
     assert!(
         status.success(),
         "the server exits cleanly on SIGTERM: {status}"

@@ -12,15 +12,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{command, show, ServerGuard};
+use common::show;
+use fleet::{Fleet, Terminal, COMPONENT, MODEL};
 use serde_json::Value;
-
-const MODEL: &str = "pos-a";
-const COMPONENT: &str = "pos-app";
 
 /// A bundle of `COMPONENT` at `version`; with `migrate`, its install command adds a column
 /// and a table to `db` and the manifest declares the migration.
@@ -62,59 +62,30 @@ fn bundle(version: &str, health: &[&str], migrate: Option<&Path>) -> Vec<u8> {
     zstd::encode_all(&b.into_inner().unwrap()[..], 1).unwrap()
 }
 
+/// A fleet with a recovery key, its one terminal and the terminal's till database.
 struct Env {
-    tmp: tempfile::TempDir,
-    server: ServerGuard,
-    data: PathBuf,
-    token_file: PathBuf,
-    state: PathBuf,
-    root: PathBuf,
-    config: PathBuf,
+    fleet: Fleet,
+    t: Terminal,
     db: PathBuf,
 }
 
 impl Env {
     fn agent(&self, args: &[&str]) -> Output {
-        command("otter-agent")
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap()
+        self.t.agent(args)
     }
 
     fn publish(&self, version: &str, bytes: &[u8]) {
-        let file = self
-            .tmp
-            .path()
-            .join(format!("{COMPONENT}-{version}.bundle"));
-        std::fs::write(&file, bytes).unwrap();
-        let out = command("otter-server")
-            .args(["publish", "--server", &self.server.url, "--token-file"])
-            .arg(&self.token_file)
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
+        self.fleet.publish(version, bytes, &[]);
     }
 
     fn backups(&self) -> usize {
-        let out = command("otter-server")
-            .args(["backups", "list", "--json", "--data-dir"])
-            .arg(&self.data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array().unwrap().len()
+        self.fleet.backups(None).len()
     }
 
     fn active(&self) -> String {
-        let link = self.root.join("components").join(COMPONENT).join("current");
-        std::fs::read_link(&link)
-            .unwrap_or_else(|e| panic!("{}: {e}", link.display()))
-            .to_string_lossy()
-            .into_owned()
+        self.t
+            .active()
+            .unwrap_or_else(|| panic!("no active {COMPONENT} under {}", self.t.root.display()))
     }
 
     /// The database's `.dump` (Python's iterdump) after an integrity check.
@@ -135,57 +106,14 @@ impl Env {
     }
 
     fn app_log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("app.log")).unwrap_or_default()
+        std::fs::read_to_string(self.fleet.tmp.path().join("app.log")).unwrap_or_default()
     }
 }
 
 fn setup() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("server-data");
-    let recovery = otter_keys::age::x25519::Identity::generate();
-    let server_config = tmp.path().join("server.toml");
-    std::fs::write(
-        &server_config,
-        format!(
-            "[backups]\nrecovery_recipient = \"{}\"\n",
-            recovery.to_public()
-        ),
-    )
-    .unwrap();
-    let server = ServerGuard::start(
-        &data,
-        &["--config".as_ref(), server_config.as_os_str()],
-        &tmp.path().join("server.log"),
-    );
-    let e = |args: &[&str]| {
-        let out = command("otter-server")
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    let publisher = e(&["token", "create", "--role", "publisher"]);
-    let token_file = tmp.path().join("publisher.token");
-    std::fs::write(&token_file, format!("{publisher}\n")).unwrap();
-    let enroll_token = e(&["enroll-token", "create", "--expires-in", "1h"]);
-    let root_file = tmp.path().join("image-root.json");
-    std::fs::copy(data.join("store/repo/metadata/1.root.json"), &root_file).unwrap();
-    let state = tmp.path().join("terminal/state");
-    let out = command("otter-agent")
-        .args(["enroll", "--server", &server.url, "--model", MODEL])
-        .env("OTTER_ENROLL_TOKEN", &enroll_token)
-        .arg("--trusted-root")
-        .arg(&root_file)
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-
-    let db = tmp.path().join("terminal/pos.db");
+    let fleet = Fleet::builder().recovery_key().start();
+    let t = fleet.enroll("terminal");
+    let db = t.dir.join("pos.db");
     let out = Command::new("python3")
         .args([
             "-c",
@@ -200,38 +128,20 @@ fn setup() -> Env {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    let log = tmp.path().join("app.log");
+    let log = fleet.tmp.path().join("app.log");
     let cmd = |word: &str| {
         format!(
             "[\"/bin/sh\", \"-c\", \"echo {word} >> {}\"]",
             log.display()
         )
     };
-    let root = tmp.path().join("terminal/opt-otter");
-    let config = tmp.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {state:?}\ninstall_root = {root:?}\n\
-             [update]\njitter_secs = 0\ndownload_attempts = 2\n\
-             [apply]\nhealth_timeout_secs = 20\n\
-             [backup]\ndatabase = {db:?}\npack_size = 65536\n\
-             [migration]\nstop_command = {}\nstart_command = {}\n",
-            cmd("stop"),
-            cmd("start")
-        ),
-    )
-    .unwrap();
-    Env {
-        tmp,
-        server,
-        data,
-        token_file,
-        state,
-        root,
-        config,
-        db,
-    }
+    t.append_config(&format!(
+        "[backup]\ndatabase = {db:?}\npack_size = 65536\n\
+         [migration]\nstop_command = {}\nstart_command = {}\n",
+        cmd("stop"),
+        cmd("start")
+    ));
+    Env { fleet, t, db }
 }
 
 #[test]
@@ -270,7 +180,7 @@ fn migrating_releases_back_up_first_and_every_rollback_restores_the_database() {
     assert!(env.dump().contains("schema_2_1_0"));
     assert_eq!(env.backups(), 2);
     let records: Value =
-        serde_json::from_slice(&std::fs::read(env.state.join("migration/records.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(env.t.state.join("migration/records.json")).unwrap())
             .unwrap();
     let states: Vec<&str> = records["records"]
         .as_array()

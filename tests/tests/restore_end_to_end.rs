@@ -24,13 +24,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{command, show, ServerGuard};
-use otter_keys::age::x25519::Identity;
+use common::{command, show};
+use fleet::Fleet;
 use otter_keys::envelope::{ManifestBody, SignedManifest};
 use serde_json::Value;
 
@@ -134,10 +136,7 @@ fn write_and_crash(db: &Path, sql: &str) {
 
 /// A server with a recovery key and an enrolled terminal with a live database.
 struct Setup {
-    tmp: tempfile::TempDir,
-    server: ServerGuard,
-    data: PathBuf,
-    recovery: Identity,
+    fleet: Fleet,
     state: PathBuf,
     db: PathBuf,
     device_id: String,
@@ -150,68 +149,22 @@ impl Setup {
 
     /// A setup whose server configuration has `extra` after the `[backups]` section.
     fn with_config(extra: &str) -> Setup {
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("server-data");
-        let recovery = Identity::generate();
-        let config = tmp.path().join("server.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[backups]\nrecovery_recipient = \"{}\"\n{extra}",
-                recovery.to_public()
-            ),
-        )
-        .unwrap();
-        let server = ServerGuard::start(
-            &data,
-            &["--config".as_ref(), config.as_os_str()],
-            &tmp.path().join("server.log"),
-        );
-        let mut s = Setup {
-            state: PathBuf::new(),
-            db: tmp.path().join("terminal/pos.db"),
-            device_id: String::new(),
-            tmp,
-            server,
-            data,
-            recovery,
+        let fleet = Fleet::builder().recovery_key().server_toml(extra).start();
+        let t = fleet.enroll("terminal");
+        let s = Setup {
+            db: t.dir.join("pos.db"),
+            state: t.state,
+            device_id: t.device_id,
+            fleet,
         };
-        let (state, device_id) = s.enroll("terminal");
-        s.state = state;
-        s.device_id = device_id;
         pos(&["make", s.db.to_str().unwrap(), ROWS]);
         s
     }
 
     /// Enrolls a terminal with state in `TMP/NAME/state`; returns the state dir and id.
     fn enroll(&self, name: &str) -> (PathBuf, String) {
-        let out = command("otter-server")
-            .args(["enroll-token", "create", "--expires-in", "1h", "--data-dir"])
-            .arg(&self.data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let root_file = self.tmp.path().join("image-root.json");
-        std::fs::copy(
-            self.data.join("store/repo/metadata/1.root.json"),
-            &root_file,
-        )
-        .unwrap();
-        let state = self.tmp.path().join(name).join("state");
-        let out = command("otter-agent")
-            .args(["enroll", "--server", &self.server.url, "--model", "pos-a"])
-            .env("OTTER_ENROLL_TOKEN", &token)
-            .arg("--trusted-root")
-            .arg(&root_file)
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        let agent: Value =
-            serde_json::from_slice(&std::fs::read(state.join("agent.json")).unwrap()).unwrap();
-        (state, agent["device_id"].as_str().unwrap().to_owned())
+        let t = self.fleet.enroll(name);
+        (t.state, t.device_id)
     }
 
     fn backup(&self, state: &Path, db: &Path) {
@@ -241,7 +194,8 @@ impl Setup {
     }
 
     fn manifest_path(&self, device: &str, seq: u64) -> PathBuf {
-        self.data
+        self.fleet
+            .data
             .join(format!("store/backups/{device}/manifests/{seq:020}"))
     }
 
@@ -249,12 +203,14 @@ impl Setup {
     fn manifest(&self, seq: u64) -> (SignedManifest, ManifestBody) {
         let bytes = std::fs::read(self.manifest_path(&self.device_id, seq)).unwrap();
         let m = SignedManifest::from_bytes(&bytes, 1 << 28).unwrap();
-        let body = m.open_body(&self.recovery, 1 << 28).unwrap();
+        let body = m.open_body(self.fleet.recovery(), 1 << 28).unwrap();
         (m, body)
     }
 
     fn pack_path(&self, device: &str, id: &impl std::fmt::Display) -> PathBuf {
-        self.data.join(format!("store/backups/{device}/packs/{id}"))
+        self.fleet
+            .data
+            .join(format!("store/backups/{device}/packs/{id}"))
     }
 }
 
@@ -406,7 +362,7 @@ fn latest_id_and_before_restore_exactly_the_chosen_backup() {
     // marker written. A stop command that fails stops the restore before anything changes.
     ok(&s.restore(&["--id", "1", "--online"]));
     assert_eq!(dump(&s.db), dump1);
-    let marker = s.tmp.path().join("started");
+    let marker = s.fleet.tmp.path().join("started");
     let stop = format!("[\"kill\",\"{}\"]", holder.id());
     let start = format!("[\"touch\",\"{}\"]", marker.display());
     let out = ok(&s.restore(&[
@@ -449,7 +405,7 @@ fn latest_id_and_before_restore_exactly_the_chosen_backup() {
          c = sqlite3.connect(sys.argv[1])\n\
          c.execute('DELETE FROM backup_manifests WHERE device_id = ? AND sequence = 2', (sys.argv[2],))\n\
          c.commit()",
-        &[s.data.join("otter.db").to_str().unwrap(), &s.device_id],
+        &[s.fleet.data.join("otter.db").to_str().unwrap(), &s.device_id],
     );
     refused(&s, &["--latest"], "hidden");
     assert_eq!(dump(&s.db), dump1);
@@ -461,7 +417,7 @@ fn damaged_swapped_or_foreign_backups_are_refused_and_the_live_database_is_untou
     s.backup(&s.state, &s.db);
     // A second terminal, with its own backups.
     let (state_b, id_b) = s.enroll("other");
-    let db_b = s.tmp.path().join("other/pos.db");
+    let db_b = s.fleet.tmp.path().join("other/pos.db");
     pos(&["make", db_b.to_str().unwrap(), "2000"]);
     s.backup(&state_b, &db_b);
     // The live database changes after the backup (so a restore would change it).
@@ -577,13 +533,13 @@ fn sigkill_during_restore_leaves_exactly_the_old_or_the_restored_database() {
     // template (file and log) copied into place before each trial.
     pos(&["mutate", s.db.to_str().unwrap(), "append", "5"]);
     write_and_crash(&s.db, "DELETE FROM transactions WHERE rowid % 5 = 0;");
-    let template = s.tmp.path().join("template");
+    let template = s.fleet.tmp.path().join("template");
     std::fs::create_dir_all(&template).unwrap();
     let wal = |p: &Path| PathBuf::from(format!("{}-wal", p.display()));
     std::fs::copy(&s.db, template.join("pos.db")).unwrap();
     std::fs::copy(wal(&s.db), template.join("pos.db-wal")).unwrap();
     let old = {
-        let probe = s.tmp.path().join("probe");
+        let probe = s.fleet.tmp.path().join("probe");
         std::fs::create_dir_all(&probe).unwrap();
         std::fs::copy(&s.db, probe.join("pos.db")).unwrap();
         std::fs::copy(wal(&s.db), probe.join("pos.db-wal")).unwrap();
@@ -657,7 +613,7 @@ fn a_replacement_terminal_restores_a_dead_terminals_backup_reencrypted_with_the_
     let (new_state, new_id) = s.enroll("replacement");
     let out = command("otter-server")
         .args(["devices", "list", "--json", "--data-dir"])
-        .arg(&s.data)
+        .arg(&s.fleet.data)
         .output()
         .unwrap();
     let devices: Value = serde_json::from_slice(ok(&out).as_bytes()).unwrap();
@@ -680,14 +636,14 @@ fn a_replacement_terminal_restores_a_dead_terminals_backup_reencrypted_with_the_
         .to_owned();
 
     // Offline, with the recovery identity (a plain age identity file here).
-    let identity = s.tmp.path().join("recovery.txt");
+    let identity = s.fleet.tmp.path().join("recovery.txt");
     std::fs::write(
         &identity,
-        format!("{}\n", s.recovery.to_string().expose_secret()),
+        format!("{}\n", s.fleet.recovery().to_string().expose_secret()),
     )
     .unwrap();
-    let from = s.data.join(format!("store/backups/{}", s.device_id));
-    let transfer = s.tmp.path().join("transfer");
+    let from = s.fleet.data.join(format!("store/backups/{}", s.device_id));
+    let transfer = s.fleet.tmp.path().join("transfer");
     let reencrypt = |key: &str, out: &Path| {
         command("otter-keys")
             .args(["backup", "reencrypt", "--identity"])
@@ -710,7 +666,7 @@ fn a_replacement_terminal_restores_a_dead_terminals_backup_reencrypted_with_the_
     assert!(said.contains("re-encrypted 2 manifests"), "{said}");
 
     // The new terminal restores it over its own (fresh) database.
-    let new_db = s.tmp.path().join("replacement/pos.db");
+    let new_db = s.fleet.tmp.path().join("replacement/pos.db");
     pos(&["make", new_db.to_str().unwrap(), "500"]);
     let restore = |args: &[&str]| {
         command("otter-agent")
@@ -795,12 +751,12 @@ fn a_chain_pruned_by_the_servers_retention_still_restores() {
         s.backup(&s.state, &s.db);
         dumps.push(dump(&s.db));
     }
-    let config = s.tmp.path().join("server.toml");
+    let config = s.fleet.tmp.path().join("server.toml");
     let out = command("otter-server")
         .args(["backups", "prune", "--device", &s.device_id, "--config"])
         .arg(&config)
         .arg("--data-dir")
-        .arg(&s.data)
+        .arg(&s.fleet.data)
         .output()
         .unwrap();
     ok(&out);

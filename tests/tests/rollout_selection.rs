@@ -7,11 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{command, show, ServerGuard};
+use common::{command, show};
+use fleet::Fleet;
 use otter_agent::select::{rollout_bucket, DeviceFacts, TargetCustom};
 use otter_keys::metadata::{Metadata, Root, Snapshot, Targets, Timestamp};
 use serde_json::{json, Value};
@@ -40,16 +43,6 @@ fn bundle() -> Vec<u8> {
         b.append_data(&mut h, name, data).unwrap();
     }
     zstd::encode_all(&b.into_inner().unwrap()[..], 3).unwrap()
-}
-
-fn token(data: &Path, role: &str) -> String {
-    let out = command("otter-server")
-        .args(["token", "create", "--role", role, "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// The custom member of TARGET in the current signed targets, read from the server's store
@@ -91,21 +84,20 @@ fn included(c: &TargetCustom, n: usize) -> BTreeSet<usize> {
 
 #[test]
 fn agents_follow_the_signed_rollout_as_operators_change_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("server-data");
-    let server = ServerGuard::start(&data, &[], &tmp.path().join("server.log"));
-    let publisher = token(&data, "publisher");
-    let operator = token(&data, "operator");
-    let file = tmp.path().join("pinpad.tar.zst");
+    let fleet = Fleet::start("");
+    let (server, data) = (&fleet.server, &fleet.data);
+    let publisher = &fleet.publisher_token;
+    let operator = fleet.token("operator");
+    let file = fleet.tmp.path().join("pinpad.tar.zst");
     std::fs::write(&file, bundle()).unwrap();
     let out = command("otter-server")
         .args(["publish", "--server", &server.url])
         .arg(&file)
-        .env("OTTER_TOKEN", &publisher)
+        .env("OTTER_TOKEN", publisher)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    let (v0, c) = signed_custom(&data);
+    let (v0, c) = signed_custom(data);
     assert_eq!(c.rollout.basis_points, 10_000);
 
     let rollout = |args: &[&str]| {
@@ -122,7 +114,7 @@ fn agents_follow_the_signed_rollout_as_operators_change_it() {
     const N: usize = 2000;
 
     rollout(&["set", "pinpad", "1.0.0", "--percent", "30", "--force"]);
-    let (v1, c30) = signed_custom(&data);
+    let (v1, c30) = signed_custom(data);
     assert_eq!(v1, v0 + 1);
     let in30 = included(&c30, N);
     assert!(
@@ -144,7 +136,7 @@ fn agents_follow_the_signed_rollout_as_operators_change_it() {
         "--groups",
         "pilot",
     ]);
-    let (_, c60) = signed_custom(&data);
+    let (_, c60) = signed_custom(data);
     let in60 = included(&c60, N);
     assert!(
         (1100..=1300).contains(&in60.len()),
@@ -161,13 +153,13 @@ fn agents_follow_the_signed_rollout_as_operators_change_it() {
 
     let paused = rollout(&["pause", "pinpad", "1.0.0"]);
     assert_eq!(paused["rollout"]["percent"], 60);
-    let (_, cp) = signed_custom(&data);
+    let (_, cp) = signed_custom(data);
     assert!(included(&cp, N).is_empty());
     assert!(!cp.rollout.includes(&device(outside, &["pilot"]), TARGET));
 
     rollout(&["resume", "pinpad", "1.0.0"]);
-    let (_, cr) = signed_custom(&data);
+    let (_, cr) = signed_custom(data);
     assert_eq!(included(&cr, N), in60);
     assert!(cr.rollout.includes(&device(outside, &["pilot"]), TARGET));
-    drop(server);
+    drop(fleet);
 }

@@ -10,9 +10,9 @@
 //! the new server), and carry on: a release published after the restore reaches the terminal.
 //! A restore that forgot the keys directory is refused with a message naming it.
 //! When the database copy is older than what terminals already saw (a release published after
-//! it), the recorded audit head shows the lost entries, terminals refuse the restored
-//! server's metadata as a rollback and report it, and they update again once publishing has
-//! carried the versions past the ones they trust.
+//! it), the recorded audit head shows the lost entries, `serve` refuses to start because the
+//! store holds newer metadata, and with `--resume-above-store` it re-signs above the store's
+//! versions so that the terminal accepts its metadata at once and installs the next release.
 //!
 //! The binaries are taken from the target dir next to this test executable: build them
 //! first (`cargo build --workspace`; `cargo test --workspace` does).
@@ -112,6 +112,17 @@ impl Site {
             ],
             &self.tmp.path().join(log),
         )
+    }
+
+    fn server_with(&self, data: &Path, log: &str, extra: &[&str]) -> ServerGuard {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--config".as_ref(),
+            self.config.as_os_str(),
+            "--passphrase-file".as_ref(),
+            self.pass.as_os_str(),
+        ];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+        ServerGuard::start(data, &args, &self.tmp.path().join(log))
     }
 
     fn admin(&self, data: &Path, args: &[&str]) -> String {
@@ -225,11 +236,11 @@ fn a_running_servers_copies_restore_onto_a_new_data_dir_with_repository_audit_ch
 }
 
 /// The database copy is older than what terminals saw: a release was published (and
-/// installed) after it. The recorded audit head reveals the lost entries; terminals refuse
-/// the restored server's metadata as a rollback, report it, and update again once
-/// publishing has carried the versions past those they trusted.
+/// installed) after it. The recorded audit head reveals the lost entries; `serve` refuses to
+/// start on it, and with `--resume-above-store` re-signs above the store so that the
+/// terminal carries on.
 #[test]
-fn a_database_copy_older_than_what_terminals_saw_is_refused_as_a_rollback_until_versions_pass() {
+fn a_database_copy_older_than_the_store_is_refused_and_resumed_above_it_with_the_flag() {
     disaster(true);
 }
 
@@ -359,7 +370,23 @@ fn disaster(stale: bool) {
     std::fs::copy(offsite.join("otter.db"), restored.join("otter.db")).unwrap();
     copy_tree(&offsite.join("keys"), &restored.join("keys"));
     copy_tree(&offsite.join("store"), &restored.join("store"));
-    let server = s.server(&restored, "host-b.log");
+    if stale {
+        // The store copy holds newer metadata than the database copy: `serve` refuses to
+        // start (it would roll terminals back), naming the versions and the way out.
+        let err = refuse_stale_start(&s, &restored);
+        assert!(
+            err.contains("in the store,")
+                && err.contains("in the database")
+                && err.contains("--resume-above-store")
+                && err.contains("docs/disaster-recovery.md"),
+            "{err}"
+        );
+    }
+    let server = if stale {
+        s.server_with(&restored, "host-b.log", &["--resume-above-store"])
+    } else {
+        s.server(&restored, "host-b.log")
+    };
     if stale {
         stale_restore(&s, &server, &restored, &token, &head, &old_url);
         return;
@@ -437,7 +464,35 @@ fn disaster(stale: bool) {
     assert_ne!(new_head.trim(), head, "the publish was audited");
 }
 
-/// After restoring a database copy older than what the terminal trusts (see `disaster`).
+/// `serve` on `data` must exit by itself with an error; returns its stderr.
+fn refuse_stale_start(s: &Site, data: &Path) -> String {
+    let mut child = command("otter-server")
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--config")
+        .arg(&s.config)
+        .arg("--passphrase-file")
+        .arg(&s.pass)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("the server started on a database older than its store");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", show(&out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// After restoring a database copy older than what the terminal trusts (see `disaster`),
+/// started with `--resume-above-store`.
 fn stale_restore(
     s: &Site,
     server: &ServerGuard,
@@ -458,28 +513,22 @@ fn stale_restore(
         "{}",
         show(&out)
     );
-    // The terminal refuses the older metadata and says why; the server hears of it.
+    // Re-signed above the store's versions: the terminal accepts the metadata at once (no
+    // rollback refusal) and keeps the release the lost database had published.
     repoint(&s.state, old_url, &server.url);
     let out = s.agent(&["update", "--config", s.agent_config.to_str().unwrap()]);
-    assert!(!out.status.success(), "{}", show(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}", show(&out));
     assert!(
-        err.contains("lower than trusted version") && err.contains("rollback"),
+        !String::from_utf8_lossy(&out.stderr).contains("rollback"),
         "{}",
         show(&out)
     );
     assert_eq!(s.active(), "1.0.5");
-    let devices: Value =
-        serde_json::from_str(&s.admin(restored, &["devices", "list", "--json"])).unwrap();
-    assert_eq!(
-        devices[0]["last_report"]["security_events"][0]["kind"], "metadata_refused",
-        "{devices}"
-    );
-    // Publishing carries the versions past those the terminal trusted: the lost release
-    // again (its target is still in the store), then two more; then it updates again.
-    for v in ["1.0.5", "1.2.0", "1.3.0"] {
+    // The lost release can be published again (its target is still in the store), and the
+    // next one reaches the terminal.
+    for v in ["1.0.5", "1.2.0"] {
         s.publish(server, token, v);
     }
-    assert!(s.update().contains("installed 1.3.0"));
-    assert_eq!(s.active(), "1.3.0");
+    assert!(s.update().contains("installed 1.2.0"));
+    assert_eq!(s.active(), "1.2.0");
 }

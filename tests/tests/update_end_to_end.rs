@@ -14,37 +14,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 
-use common::{command, show, ServerGuard};
+use common::{command, show};
+use fleet::{bundle, Fleet, Terminal, COMPONENT};
 use serde_json::Value;
-
-const MODEL: &str = "pos-a";
-const COMPONENT: &str = "pos-app";
-
-/// A bundle of `COMPONENT` at `version`: one payload file and a health command.
-fn bundle(version: &str, payload: &[u8], health: &[&str]) -> Vec<u8> {
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "name": COMPONENT, "kind": "firmware", "version": version,
-        "hardware": [MODEL],
-        "payload": [{"path": "app.bin", "size": payload.len(),
-                     "sha256": otter_keys::hash::sha256_hex(payload)}],
-        "health": health,
-    }))
-    .unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in [("manifest.json", &manifest[..]), ("app.bin", payload)] {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(path).unwrap();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
-    }
-    zstd::encode_all(&b.into_inner().unwrap()[..], 1).unwrap()
-}
 
 /// Incompressible-ish payload bytes, so the bundle is large enough to be cut in two.
 fn payload(seed: u32, len: usize) -> Vec<u8> {
@@ -59,153 +36,38 @@ fn payload(seed: u32, len: usize) -> Vec<u8> {
         .collect()
 }
 
-struct Env {
-    tmp: tempfile::TempDir,
-    server: ServerGuard,
-    data: PathBuf,
-    token_file: PathBuf,
-    state: PathBuf,
-    root: PathBuf,
-    config: PathBuf,
+/// The inventory entry of the one terminal.
+fn device(fleet: &Fleet) -> Value {
+    let list = fleet.devices();
+    assert_eq!(list.len(), 1, "{list:?}");
+    list[0].clone()
 }
 
-impl Env {
-    fn agent(&self, args: &[&str]) -> Output {
-        command("otter-agent")
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap()
-    }
-
-    fn publish(&self, version: &str, bytes: &[u8]) -> Value {
-        let file = self
-            .tmp
-            .path()
-            .join(format!("{COMPONENT}-{version}.bundle"));
-        std::fs::write(&file, bytes).unwrap();
-        let out = command("otter-server")
-            .args(["publish", "--server", &self.server.url, "--token-file"])
-            .arg(&self.token_file)
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn status(&self) -> Value {
-        let out = self.agent(&["status", "--json"]);
-        assert!(out.status.success(), "{}", show(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn device(&self) -> Value {
-        let out = command("otter-server")
-            .args(["devices", "list", "--json", "--data-dir"])
-            .arg(&self.data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-        list[0].clone()
-    }
-
-    fn active(&self) -> String {
-        let link = self.root.join("components").join(COMPONENT).join("current");
-        std::fs::read_link(&link)
-            .unwrap_or_else(|e| panic!("{}: {e}", link.display()))
-            .to_string_lossy()
-            .into_owned()
-    }
-}
-
-fn setup() -> Env {
-    setup_with("")
-}
-
-/// `setup` with `server_toml` as the server's configuration file.
-fn setup_with(server_toml: &str) -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("server-data");
-    let server_config = tmp.path().join("server.toml");
-    std::fs::write(&server_config, server_toml).unwrap();
-    let server = ServerGuard::start(
-        &data,
-        &["--config".as_ref(), server_config.as_os_str()],
-        &tmp.path().join("server.log"),
-    );
-    let e = |args: &[&str]| {
-        let out = command("otter-server")
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    let publisher = e(&["token", "create", "--role", "publisher"]);
-    let token_file = tmp.path().join("publisher.token");
-    std::fs::write(&token_file, format!("{publisher}\n")).unwrap();
-    let enroll_token = e(&["enroll-token", "create", "--expires-in", "1h"]);
-
-    let root_file = tmp.path().join("image-root.json");
-    std::fs::copy(data.join("store/repo/metadata/1.root.json"), &root_file).unwrap();
-    let state = tmp.path().join("terminal/state");
-    let out = command("otter-agent")
-        .args(["enroll", "--server", &server.url, "--model", MODEL])
-        .env("OTTER_ENROLL_TOKEN", &enroll_token)
-        .arg("--trusted-root")
-        .arg(&root_file)
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-
-    let root = tmp.path().join("terminal/opt-otter");
-    let config = tmp.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}\ninstall_root = {:?}\n[update]\njitter_secs = 0\ndownload_attempts = 2\n[apply]\nhealth_timeout_secs = 20\n",
-            state.to_str().unwrap(),
-            root.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    Env {
-        tmp,
-        server,
-        data,
-        token_file,
-        state,
-        root,
-        config,
-    }
+/// A fleet and one enrolled terminal.
+fn setup() -> (Fleet, Terminal) {
+    let fleet = Fleet::start("");
+    let t = fleet.enroll("terminal");
+    (fleet, t)
 }
 
 #[test]
 fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled_back() {
-    let env = setup();
+    let (fleet, t) = setup();
 
     // Release 1.0.0, healthy.
     let p1 = payload(1, 600_000);
     let b1 = bundle("1.0.0", &p1, &["/bin/sh", "-c", "test -f app.bin"]);
-    let published = env.publish("1.0.0", &b1);
+    let published = fleet.publish("1.0.0", &b1, &[]);
     let target = published["release"]["target"].as_str().unwrap().to_owned();
     assert_eq!(target, format!("{COMPONENT}-1.0.0.tar.zst"));
 
     // An earlier run was cut after the first 200000 bytes: the part is on disk.
-    let downloads = env.state.join("downloads");
+    let downloads = t.state.join("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
     let name = format!("{}.{target}", otter_keys::hash::sha256_hex(&b1));
     std::fs::write(downloads.join(format!("{name}.part")), &b1[..200_000]).unwrap();
 
-    let out = env.agent(&["update"]);
+    let out = t.agent(&["update"]);
     assert!(out.status.success(), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -214,8 +76,8 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
         show(&out)
     );
     assert!(stdout.contains("installed 1.0.0"), "{}", show(&out));
-    assert_eq!(env.active(), "1.0.0");
-    let installed = env
+    assert_eq!(t.active().as_deref(), Some("1.0.0"));
+    let installed = t
         .root
         .join("components")
         .join(COMPONENT)
@@ -224,7 +86,7 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
     // The bundle's bytes are gone once applied; no part is left.
     assert_eq!(std::fs::read_dir(&downloads).unwrap().count(), 0);
 
-    let st = env.status();
+    let st = t.status();
     assert_eq!(st["installed"][COMPONENT], "1.0.0", "{st}");
     assert_eq!(st["last_poll"]["ok"], true, "{st}");
     assert_eq!(st["results"][0]["result"], "success", "{st}");
@@ -237,7 +99,7 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
             .any(|h| h["to"] == "1.0.0"),
         "{st}"
     );
-    let d = env.device();
+    let d = device(&fleet);
     assert_eq!(d["last_report"]["installed"][COMPONENT], "1.0.0", "{d}");
     assert_eq!(d["last_report"]["last_update"]["result"], "success", "{d}");
     assert_eq!(
@@ -247,7 +109,7 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
     );
 
     // Nothing new: a second pass changes nothing.
-    let out = env.agent(&["update"]);
+    let out = t.agent(&["update"]);
     assert!(out.status.success(), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("up to date"),
@@ -257,11 +119,11 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
 
     // Release 1.1.0 fails its health check: switched, rolled back, reported.
     let b2 = bundle("1.1.0", &payload(2, 1000), &["/bin/sh", "-c", "exit 3"]);
-    let target2 = env.publish("1.1.0", &b2)["release"]["target"]
+    let target2 = fleet.publish("1.1.0", &b2, &[])["release"]["target"]
         .as_str()
         .unwrap()
         .to_owned();
-    let out = env.agent(&["update"]);
+    let out = t.agent(&["update"]);
     assert!(
         !out.status.success(),
         "a rolled-back update fails the command: {}",
@@ -272,14 +134,14 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
         "{}",
         show(&out)
     );
-    assert_eq!(env.active(), "1.0.0");
+    assert_eq!(t.active().as_deref(), Some("1.0.0"));
     assert_eq!(std::fs::read(&installed).unwrap(), p1);
-    let st = env.status();
+    let st = t.status();
     assert_eq!(st["installed"][COMPONENT], "1.0.0", "{st}");
     assert_eq!(st["results"][0]["result"], "rolled_back", "{st}");
     assert_eq!(st["results"][0]["version"], "1.1.0", "{st}");
     assert!(st["blocked"][&target2].is_string(), "{st}");
-    let d = env.device();
+    let d = device(&fleet);
     assert_eq!(
         d["last_report"]["last_update"]["result"], "rolled_back",
         "{d}"
@@ -293,23 +155,23 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
     assert_eq!(d["last_report"]["installed"][COMPONENT], "1.0.0", "{d}");
 
     // The daemon's iteration does not try the rolled-back release again.
-    let out = env.agent(&["run", "--once"]);
+    let out = t.agent(&["run", "--once"]);
     assert!(out.status.success(), "{}", show(&out));
-    let st = env.status();
+    let st = t.status();
     assert_eq!(st["last_poll"]["ok"], true, "{st}");
     assert_eq!(st["last_poll"]["message"], "up to date", "{st}");
     assert_eq!(
         st["results"][0]["result"], "rolled_back",
         "no new attempt: {st}"
     );
-    assert_eq!(env.active(), "1.0.0");
+    assert_eq!(t.active().as_deref(), Some("1.0.0"));
 
     // Release 1.2.0 outside the maintenance window: downloaded, verified, waiting.
     let p3 = payload(3, 5000);
     let b3 = bundle("1.2.0", &p3, &["/bin/sh", "-c", "test -f app.bin"]);
-    env.publish("1.2.0", &b3);
+    fleet.publish("1.2.0", &b3, &[]);
     // First, downloads only: verified and kept, nothing applied.
-    let out = env.agent(&["update", "--download-only"]);
+    let out = t.agent(&["update", "--download-only"]);
     assert!(out.status.success(), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     // Fetched in full or through a signed delta from the installed 1.0.0.
@@ -319,10 +181,10 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
         show(&out)
     );
     assert!(stdout.contains("downloaded only"), "{}", show(&out));
-    assert_eq!(env.active(), "1.0.0");
+    assert_eq!(t.active().as_deref(), Some("1.0.0"));
     let hour = (otter_keys::time::UtcTime::now().unix() / 3600) % 24;
     let window = format!("{:02}:00-{:02}:00", (hour + 2) % 24, (hour + 3) % 24);
-    let out = env.agent(&[
+    let out = t.agent(&[
         "update",
         "--window-time",
         "utc",
@@ -335,8 +197,8 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
         "{}",
         show(&out)
     );
-    assert_eq!(env.active(), "1.0.0");
-    let st = env.status();
+    assert_eq!(t.active().as_deref(), Some("1.0.0"));
+    let st = t.status();
     assert_eq!(st["waiting"][0]["version"], "1.2.0", "{st}");
     // Verified and kept: the full bundle in downloads/, or the bundle rebuilt from a delta
     // (checked against the signed hash) in deltas/.
@@ -344,7 +206,7 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
         "{}.{COMPONENT}-1.2.0.tar.zst",
         otter_keys::hash::sha256_hex(&b3)
     ));
-    let rebuilt = std::fs::read_dir(env.state.join("deltas"))
+    let rebuilt = std::fs::read_dir(t.state.join("deltas"))
         .map(|d| d.count())
         .unwrap_or(0);
     assert!(
@@ -353,7 +215,7 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
     );
 
     // The operator applies it now.
-    let out = env.agent(&[
+    let out = t.agent(&[
         "update",
         "--now",
         "--window-time",
@@ -362,12 +224,15 @@ fn a_published_release_is_downloaded_installed_reported_and_a_failing_one_rolled
         &window,
     ]);
     assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(env.active(), "1.2.0");
+    assert_eq!(t.active().as_deref(), Some("1.2.0"));
     assert_eq!(std::fs::read(&installed).unwrap(), p3);
-    let st = env.status();
+    let st = t.status();
     assert_eq!(st["installed"][COMPONENT], "1.2.0", "{st}");
     assert!(st["waiting"].as_array().unwrap().is_empty(), "{st}");
-    assert_eq!(env.device()["last_report"]["installed"][COMPONENT], "1.2.0");
+    assert_eq!(
+        device(&fleet)["last_report"]["installed"][COMPONENT],
+        "1.2.0"
+    );
 }
 
 #[test]
@@ -416,31 +281,35 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn refused_metadata_from_a_hostile_mirror_is_reported_as_a_security_event() {
-    let env = setup();
-    // The terminal is pointed at a mirror (a copy of the repository) whose timestamp was
-    // altered after signing.
-    let mirror = env.tmp.path().join("mirror/metadata");
-    copy_dir(&env.data.join("store/repo/metadata"), &mirror);
+/// Points the terminal at a mirror (a copy of the repository) whose timestamp was altered
+/// after signing.
+fn point_at_a_hostile_mirror(fleet: &Fleet, t: &Terminal) {
+    let mirror = fleet.tmp.path().join("mirror/metadata");
+    copy_dir(&fleet.data.join("store/repo/metadata"), &mirror);
     let ts_path = mirror.join("timestamp.json");
     let mut ts: Value = serde_json::from_slice(&std::fs::read(&ts_path).unwrap()).unwrap();
     let v = ts["signed"]["version"].as_u64().unwrap();
     ts["signed"]["version"] = Value::from(v + 1);
     std::fs::write(&ts_path, serde_json::to_vec(&ts).unwrap()).unwrap();
-    let agent_json = env.state.join("agent.json");
+    let agent_json = t.state.join("agent.json");
     let mut a: Value = serde_json::from_slice(&std::fs::read(&agent_json).unwrap()).unwrap();
     a["metadata_url"] = Value::from(format!("file://{}/", mirror.display()));
     std::fs::write(&agent_json, serde_json::to_vec(&a).unwrap()).unwrap();
+}
 
-    let out = env.agent(&["update"]);
+#[test]
+fn refused_metadata_from_a_hostile_mirror_is_reported_as_a_security_event() {
+    let (fleet, t) = setup();
+    point_at_a_hostile_mirror(&fleet, &t);
+
+    let out = t.agent(&["update"]);
     assert!(!out.status.success(), "{}", show(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refreshing the trusted metadata"), "{err}");
     assert!(err.contains("timestamp"), "{err}");
 
     // The report reached the server with the event; the agent no longer holds it.
-    let d = env.device();
+    let d = device(&fleet);
     let events = d["last_report"]["security_events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{d}");
     assert_eq!(events[0]["kind"], "metadata_refused", "{d}");
@@ -448,27 +317,54 @@ fn refused_metadata_from_a_hostile_mirror_is_reported_as_a_security_event() {
         events[0]["detail"].as_str().unwrap().contains("timestamp"),
         "{d}"
     );
-    let st = env.status();
+    let st = t.status();
     assert!(
         st["unreported_events"].as_array().unwrap().is_empty(),
         "{st}"
     );
     assert_eq!(st["last_poll"]["ok"], false, "{st}");
-    assert!(
-        !env.root.join("components").exists(),
-        "nothing was installed"
+    assert!(!t.root.join("components").exists(), "nothing was installed");
+}
+
+/// A pass that fails before it reads the install root (its metadata refused) still reports
+/// the installed versions, read from the journal without the install root's lock: another
+/// process holding that lock (an operator's rollback, say) never makes the report wipe
+/// the server's inventory.
+#[test]
+fn a_failed_pass_reports_the_installed_versions_while_another_process_holds_the_lock() {
+    let (fleet, t) = setup();
+    let b1 = bundle("1.0.0", b"one", &["/bin/sh", "-c", "test -f app.bin"]);
+    fleet.publish("1.0.0", &b1, &[]);
+    let out = t.agent(&["update"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(t.active().as_deref(), Some("1.0.0"));
+
+    let lock = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(t.root.join("lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    point_at_a_hostile_mirror(&fleet, &t);
+    let out = t.agent(&["update"]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let d = device(&fleet);
+    let events = d["last_report"]["security_events"].as_array().unwrap();
+    assert_eq!(
+        events[0]["kind"], "metadata_refused",
+        "this pass reported: {d}"
     );
+    assert_eq!(d["last_report"]["installed"][COMPONENT], "1.0.0", "{d}");
+    drop(lock);
+    assert_eq!(t.status()["installed"][COMPONENT], "1.0.0");
 }
 
 #[test]
 fn the_daemon_makes_the_scheduled_backup_when_it_is_due() {
-    let recovery = otter_keys::age::x25519::Identity::generate();
-    let env = setup_with(&format!(
-        "[backups]\nrecovery_recipient = \"{}\"\n",
-        recovery.to_public()
-    ));
+    let fleet = Fleet::builder().recovery_key().start();
+    let t = fleet.enroll("terminal");
     // A small till database.
-    let db = env.tmp.path().join("terminal/pos.db");
+    let db = t.dir.join("pos.db");
     let out = std::process::Command::new("python3")
         .args([
             "-c",
@@ -482,43 +378,32 @@ fn the_daemon_makes_the_scheduled_backup_when_it_is_due() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    let mut config = std::fs::read_to_string(&env.config).unwrap();
-    config.push_str(&format!(
+    t.append_config(&format!(
         "[backup]\ndatabase = {:?}\ninterval_secs = 3600\npack_size = 65536\n",
         db.to_str().unwrap()
     ));
-    std::fs::write(&env.config, config).unwrap();
 
-    let backups = || {
-        let out = command("otter-server")
-            .args(["backups", "list", "--json", "--data-dir"])
-            .arg(&env.data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", show(&out));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array().unwrap().len()
-    };
-    let out = env.agent(&["run", "--once"]);
+    let backups = || fleet.backups(None).len();
+    let out = t.agent(&["run", "--once"]);
     assert!(out.status.success(), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("backup #1"),
         "{}",
         show(&out)
     );
-    let st = env.status();
+    let st = t.status();
     assert_eq!(st["last_backup"]["ok"], true, "{st}");
     let at = st["last_backup"]["at"].as_i64().unwrap();
     assert_eq!(backups(), 1);
 
     // Not due again within the interval: the next iteration only polls.
-    let out = env.agent(&["run", "--once"]);
+    let out = t.agent(&["run", "--once"]);
     assert!(out.status.success(), "{}", show(&out));
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("backup #"),
         "{}",
         show(&out)
     );
-    assert_eq!(env.status()["last_backup"]["at"].as_i64().unwrap(), at);
+    assert_eq!(t.status()["last_backup"]["at"].as_i64().unwrap(), at);
     assert_eq!(backups(), 1);
 }

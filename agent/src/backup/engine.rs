@@ -19,18 +19,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use otter_keys::envelope::{
-    ChunkLocation, EnvelopeError, ManifestBody, ManifestFields, ManifestHeader, PackBuilder,
-    PackEntry, PackId, PackRef, SealedPack, SignedManifest,
+    ChunkId, ChunkKey, ChunkLocation, EnvelopeError, ManifestBody, ManifestFields, ManifestHeader,
+    PackBuilder, PackEntry, PackId, PackRef, SealedPack, SignedManifest,
 };
 use otter_keys::time::UtcTime;
 use serde_json::Value;
 
 use super::index::{BackupState, IndexError, LocalIndex};
-use super::pages::{db_facts, FileHasher, PageCompressor, PageError, PageReader};
+use super::pages::{db_facts, DbFacts, FileHasher, PageCompressor, PageError, PageReader};
 use super::snapshot::{remove_leftovers, take_snapshot, SnapshotError};
 use super::store::{BackupStore, StoreError};
 use super::{BackupConfig, BackupKeys, CHUNK_KEY_EXTRA, MAX_MANIFEST_BYTES};
@@ -200,16 +200,10 @@ fn run(
     forget_missing_packs(store, &mut index)?;
 
     let snapshot = take_snapshot(&config.database, &state.tmp_dir())?;
-    let facts = db_facts(snapshot.path())?;
     let recipients = keys.recipients.to_vec();
-    let mut reader = PageReader::open(snapshot.path())?;
+    let reader = PageReader::open(snapshot.path())?;
     let page_size = reader.page_size();
     let target = config.pack_target_size.max(1);
-
-    let mut hasher = FileHasher::new();
-    let mut compressor = PageCompressor::new()?;
-    let mut pages = Vec::with_capacity(usize::try_from(reader.page_count()).unwrap_or(0));
-    let mut builder = PackBuilder::with_capacity(target + page_size as usize * 2);
     let mut report = BackupReport {
         sequence: 0,
         header_hash: String::new(),
@@ -225,34 +219,17 @@ fn run(
         snapshot_time: snapshot.took(),
         total_time: Duration::ZERO,
     };
-    let mut pack_pages = |uploads: &mut Uploads<'_>| -> Result<(), BackupError> {
-        let mut page = Vec::with_capacity(page_size as usize);
-        let mut page_index = 0u64;
-        while reader.next_page(&mut page)? {
-            hasher.update(&page);
-            let id = keys.chunk_key.chunk_id(&page);
-            pages.push(id);
-            if !index.chunks.contains_key(&id) && !builder.contains(&id) {
-                let compressed = compressor.compress(page_index, &page)?;
-                builder.add(id, &compressed)?;
-                report.new_chunks += 1;
-                if builder.len() >= target {
-                    let full = std::mem::replace(
-                        &mut builder,
-                        PackBuilder::with_capacity(target + page_size as usize * 2),
-                    );
-                    ship_pack(full, &recipients, uploads, &state, &mut index, &mut report)?;
-                }
-            }
-            page_index += 1;
-        }
-        if !builder.is_empty() {
-            let last = std::mem::replace(&mut builder, PackBuilder::with_capacity(0));
-            ship_pack(last, &recipients, uploads, &state, &mut index, &mut report)?;
-        }
-        uploads.collect(&state, true)
+    let packer = Packer {
+        keys,
+        recipients: &recipients,
+        state: &state,
+        target,
+        page_size: page_size as usize,
     };
-    match parallel {
+    // Chunks the store held before this run: the page workers read them while the packer
+    // records this run's packs in `index.chunks`; merged back afterwards (disjoint sets).
+    let prior = std::mem::take(&mut index.chunks);
+    let paged = match parallel {
         Some((sync_store, n)) => {
             let (work_tx, work_rx) = mpsc::sync_channel::<SealedPack>(0);
             let (done_tx, done_rx) = mpsc::channel();
@@ -269,16 +246,37 @@ fn run(
                     work: Some(work_tx),
                     done: &done_rx,
                 };
-                let result = pack_pages(&mut uploads);
+                let result = packer.run(
+                    reader,
+                    snapshot.path(),
+                    &prior,
+                    &mut index,
+                    &mut report,
+                    &mut uploads,
+                );
                 // Stop the workers (they drop what is queued) before they are joined.
                 stop.store(result.is_err(), Ordering::SeqCst);
                 drop(uploads);
                 result
-            })?;
+            })?
         }
-        None => pack_pages(&mut Uploads::Serial(store))?,
-    }
+        None => packer.run(
+            reader,
+            snapshot.path(),
+            &prior,
+            &mut index,
+            &mut report,
+            &mut Uploads::Serial(store),
+        )?,
+    };
+    let shipped = std::mem::replace(&mut index.chunks, prior);
+    index.chunks.extend(shipped);
     drop(snapshot);
+    let Paged {
+        pages,
+        hasher,
+        facts,
+    } = paged;
 
     // The body: every distinct chunk's location, and the packs they lie in.
     let mut chunks = BTreeMap::new();
@@ -443,4 +441,248 @@ fn forget_missing_packs(
             .retain(|_, loc: &mut ChunkLocation| !missing.contains(&loc.pack));
     }
     Ok(())
+}
+
+/// Pages per unit of work handed to the page workers (256 KiB of 4 KiB pages).
+const BATCH_PAGES: usize = 64;
+/// Batches queued between the reader, the page workers and the packer: bounds the memory
+/// the pipeline holds to a few MiB whatever the database's size.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// A run of consecutive pages read from the snapshot.
+struct Batch {
+    seq: u64,
+    first_page: u64,
+    data: Vec<u8>,
+}
+
+/// A batch after a page worker: every page's chunk id, and the compressed page for each id
+/// the store did not hold when the run started.
+struct PagedBatch {
+    seq: u64,
+    ids: Vec<ChunkId>,
+    compressed: Vec<Option<Vec<u8>>>,
+}
+
+/// What the page pipeline produced besides the packs.
+struct Paged {
+    /// Chunk id of every page, in page order.
+    pages: Vec<ChunkId>,
+    /// Whole-file hashes of the snapshot.
+    hasher: FileHasher,
+    /// Row counts and schema version of the snapshot.
+    facts: DbFacts,
+}
+
+/// The packing side of a run: what every pack is sealed with and recorded in.
+struct Packer<'a> {
+    keys: &'a BackupKeys<'a>,
+    recipients: &'a [otter_keys::age::x25519::Recipient],
+    state: &'a BackupState,
+    target: usize,
+    page_size: usize,
+}
+
+/// The number of page workers: one per core, at most 4.
+fn page_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
+}
+
+impl Packer<'_> {
+    /// Reads the snapshot through a pipeline and ships its new pages in packs:
+    ///
+    /// - a reader thread reads batches of pages in order and feeds the whole-file hashes;
+    /// - page workers (one per core) compute each page's keyed id and compress the pages
+    ///   whose ids the store did not hold (`prior`);
+    /// - this thread takes the batches back in page order, records every id, adds each new
+    ///   chunk once to the current pack, and seals and ships full packs;
+    /// - another thread counts the snapshot's rows meanwhile.
+    ///
+    /// Channels are bounded, so memory stays a few batches and packs. If this thread fails,
+    /// dropping its receiver ends the workers, whose end ends the reader.
+    fn run(
+        &self,
+        reader: PageReader,
+        snapshot: &std::path::Path,
+        prior: &BTreeMap<ChunkId, ChunkLocation>,
+        index: &mut LocalIndex,
+        report: &mut BackupReport,
+        uploads: &mut Uploads<'_>,
+    ) -> Result<Paged, BackupError> {
+        let page_count = usize::try_from(reader.page_count()).unwrap_or(0);
+        let chunk_key = self.keys.chunk_key;
+        let page_size = self.page_size;
+        std::thread::scope(|s| {
+            let (work_tx, work_rx) = mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
+            let (done_tx, done_rx) = mpsc::sync_channel(BATCHES_IN_FLIGHT);
+            let facts = s.spawn(|| db_facts(snapshot));
+            let reading = s.spawn(move || read_batches(reader, &work_tx));
+            // Owned by the workers only: when the last one ends, the reader's sends fail.
+            let work_rx = Arc::new(Mutex::new(work_rx));
+            for _ in 0..page_workers() {
+                let (work_rx, done_tx) = (Arc::clone(&work_rx), done_tx.clone());
+                s.spawn(move || page_worker(&work_rx, &done_tx, chunk_key, prior, page_size));
+            }
+            drop((work_rx, done_tx));
+            let packed = self.pack_batches(&done_rx, page_count, prior, index, report, uploads);
+            drop(done_rx);
+            let read = reading.join();
+            let facts = facts.join();
+            let (hasher, batches) = match read {
+                Ok(read) => read?,
+                Err(_) => return Err(panicked("the snapshot reader")),
+            };
+            let pages = packed?;
+            let expected = page_count.div_ceil(BATCH_PAGES) as u64;
+            if batches != expected || pages.len() != page_count {
+                return Err(BackupError::Inconsistent(format!(
+                    "the snapshot's {page_count} pages were not all read ({} packed)",
+                    pages.len()
+                )));
+            }
+            let facts = match facts {
+                Ok(facts) => facts?,
+                Err(_) => return Err(panicked("the row count")),
+            };
+            Ok(Paged {
+                pages,
+                hasher,
+                facts,
+            })
+        })
+    }
+
+    /// Takes the workers' batches back in page order; returns every page's chunk id.
+    fn pack_batches(
+        &self,
+        done: &Receiver<Result<PagedBatch, PageError>>,
+        page_count: usize,
+        prior: &BTreeMap<ChunkId, ChunkLocation>,
+        index: &mut LocalIndex,
+        report: &mut BackupReport,
+        uploads: &mut Uploads<'_>,
+    ) -> Result<Vec<ChunkId>, BackupError> {
+        let capacity = self.target + self.page_size * 2;
+        let mut builder = PackBuilder::with_capacity(capacity);
+        let mut pages = Vec::with_capacity(page_count);
+        let mut waiting: BTreeMap<u64, PagedBatch> = BTreeMap::new();
+        let mut next = 0u64;
+        for batch in done {
+            let batch = batch?;
+            waiting.insert(batch.seq, batch);
+            while let Some(batch) = waiting.remove(&next) {
+                next += 1;
+                for (id, compressed) in batch.ids.into_iter().zip(batch.compressed) {
+                    pages.push(id);
+                    if prior.contains_key(&id)
+                        || index.chunks.contains_key(&id)
+                        || builder.contains(&id)
+                    {
+                        continue;
+                    }
+                    let compressed = compressed.ok_or_else(|| {
+                        BackupError::Inconsistent(format!("new chunk {id} was not compressed"))
+                    })?;
+                    builder.add(id, &compressed)?;
+                    report.new_chunks += 1;
+                    if builder.len() >= self.target {
+                        let full =
+                            std::mem::replace(&mut builder, PackBuilder::with_capacity(capacity));
+                        ship_pack(full, self.recipients, uploads, self.state, index, report)?;
+                    }
+                }
+            }
+        }
+        if !builder.is_empty() {
+            ship_pack(builder, self.recipients, uploads, self.state, index, report)?;
+        }
+        uploads.collect(self.state, true)?;
+        Ok(pages)
+    }
+}
+
+fn panicked(what: &str) -> BackupError {
+    BackupError::Inconsistent(format!("{what} thread panicked; no manifest was stored"))
+}
+
+/// Reads the snapshot in batches of pages, in order, hashing the whole file on the way.
+/// Returns the hashes and the number of batches sent; stops early (without error) when the
+/// workers are gone, which only happens when the run failed elsewhere.
+fn read_batches(
+    mut reader: PageReader,
+    work: &SyncSender<Batch>,
+) -> Result<(FileHasher, u64), PageError> {
+    let mut hasher = FileHasher::new();
+    let (mut seq, mut first_page) = (0u64, 0u64);
+    loop {
+        let mut data = Vec::new();
+        let n = reader.next_pages(&mut data, BATCH_PAGES)?;
+        if n == 0 {
+            return Ok((hasher, seq));
+        }
+        hasher.update(&data);
+        let batch = Batch {
+            seq,
+            first_page,
+            data,
+        };
+        if work.send(batch).is_err() {
+            return Ok((hasher, seq));
+        }
+        seq += 1;
+        first_page += n as u64;
+    }
+}
+
+/// Computes the chunk id of every page of each batch, and compresses the pages whose ids
+/// are not in `prior`. Ends when the batches end or the packer is gone.
+fn page_worker(
+    work: &Mutex<Receiver<Batch>>,
+    done: &SyncSender<Result<PagedBatch, PageError>>,
+    chunk_key: &ChunkKey,
+    prior: &BTreeMap<ChunkId, ChunkLocation>,
+    page_size: usize,
+) {
+    let mut compressor = match PageCompressor::new() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = done.send(Err(e));
+            return;
+        }
+    };
+    loop {
+        // A poisoned lock only means another worker panicked; the channel is still whole.
+        let next = work.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(batch) = next else {
+            return;
+        };
+        let pages = batch.data.chunks_exact(page_size.max(1));
+        let mut ids = Vec::with_capacity(pages.len());
+        let mut compressed = Vec::with_capacity(pages.len());
+        let mut result = Ok(());
+        for (k, page) in pages.enumerate() {
+            let id = chunk_key.chunk_id(page);
+            let packed = if prior.contains_key(&id) {
+                None
+            } else {
+                match compressor.compress(batch.first_page + k as u64, page) {
+                    Ok(z) => Some(z),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            };
+            ids.push(id);
+            compressed.push(packed);
+        }
+        let out = result.map(|()| PagedBatch {
+            seq: batch.seq,
+            ids,
+            compressed,
+        });
+        if done.send(out).is_err() {
+            return;
+        }
+    }
 }

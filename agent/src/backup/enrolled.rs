@@ -60,6 +60,16 @@ pub enum EnrolledBackupError {
         /// What the parser said.
         reason: String,
     },
+    /// A terminal that is not write-only has lost its backup identity.
+    #[error(
+        "{} is missing, and the terminal is not write-only: it cannot encrypt backups it could \
+         read back; restore the file from the terminal's image or enroll the terminal again",
+        path.display()
+    )]
+    NoBackupKey {
+        /// The missing identity file.
+        path: PathBuf,
+    },
     /// The store could not be set up.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -69,8 +79,9 @@ pub enum EnrolledBackupError {
 }
 
 /// Backs `database` up to the server the terminal in `state_dir` enrolled with: encrypted to
-/// the fleet's recovery key and the terminal's own backup key, signed by the device key, the
-/// server's receipts checked against the pinned receipt key.
+/// the fleet's recovery key and, unless the server made the terminal write-only at
+/// enrollment, the terminal's own backup key; signed by the device key, the server's
+/// receipts checked against the pinned receipt key.
 pub fn backup_enrolled(
     state_dir: &Path,
     database: &Path,
@@ -96,7 +107,7 @@ pub fn backup_enrolled(
         chunk_key: &identity.chunk,
         recipients: BackupRecipients {
             recovery,
-            terminal: Some(identity.backup.to_public()),
+            terminal: terminal_recipient(&state, &identity, state_dir)?,
         },
     };
     let mut config = BackupConfig::new(database, state_dir, &state.device_id);
@@ -113,4 +124,22 @@ pub fn backup_enrolled(
         device_id: state.device_id,
         report,
     })
+}
+
+/// The terminal's own recipient for its backups: none on a write-only terminal (the recovery
+/// key alone opens them), else the public half of its backup identity, which must exist.
+fn terminal_recipient(
+    state: &AgentState,
+    identity: &Identity,
+    state_dir: &Path,
+) -> Result<Option<otter_keys::age::x25519::Recipient>, EnrolledBackupError> {
+    if state.backups_write_only {
+        return Ok(None);
+    }
+    match &identity.backup {
+        Some(b) => Ok(Some(b.to_public())),
+        None => Err(EnrolledBackupError::NoBackupKey {
+            path: state_dir.join(crate::device::identity::BACKUP_KEY_FILE),
+        }),
+    }
 }

@@ -327,7 +327,12 @@ impl<'a> HttpBackupStore<'a> {
             .send()
             .map_err(|e| StoreError::Remote(format!("{url}: {e}")))?;
         let status = resp.status().as_u16();
-        let mut raw = Vec::new();
+        // Sized once from the announced length (never above the cap): no regrowth copies.
+        let announced = resp
+            .content_length()
+            .unwrap_or(0)
+            .min(cap.saturating_add(1));
+        let mut raw = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
         resp.take(cap.saturating_add(1))
             .read_to_end(&mut raw)
             .map_err(|e| StoreError::Remote(format!("{url}: reading the answer: {e}")))?;

@@ -19,21 +19,23 @@
 //! rename, `-wal`, `-shm` and `-journal` are removed. A kill at any moment leaves the target
 //! either the old database or the restored one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use otter_keys::age::x25519::Identity;
 use otter_keys::atomic::sync_dir;
 use otter_keys::crypto::PublicKey;
 use otter_keys::envelope::{
-    open_pack, ChunkId, ChunkKey, Countersignature, EnvelopeError, ManifestBody, ManifestHeader,
-    SignedManifest,
+    open_pack, ChunkId, ChunkKey, ChunkLocation, Countersignature, EnvelopeError, ManifestBody,
+    ManifestHeader, PackId, SignedManifest,
 };
 use otter_keys::time::UtcTime;
 use rusqlite::backup::{Backup, StepResult};
@@ -450,7 +452,7 @@ pub fn prepare(
 
     let temp = TempFile::create(target)?;
     let (packs, pack_bytes) = rebuild(store, identity, manifest, &body, chunk_key, &temp, options)?;
-    check_rebuilt(&temp.path, &body)?;
+    check_rebuilt(&temp, &body)?;
     let report = RestoreReport {
         sequence: manifest.header.sequence,
         created: manifest.header.created,
@@ -678,8 +680,32 @@ fn chunk_key_of(body: &ManifestBody) -> Result<ChunkKey, RestoreError> {
     Ok(ChunkKey::from_bytes(&key))
 }
 
-/// Writes every page into `temp`, pack by pack: each pack's hash is checked before it is
-/// decrypted, each page is decompressed under a one-page cap and its keyed id checked.
+/// Chunks per unit of work handed to the page writers.
+const JOB_CHUNKS: usize = 256;
+/// Units of work queued for the page writers (each holds its pack's plaintext alive, so at
+/// most a few packs are in memory at once).
+const JOBS_IN_FLIGHT: usize = 8;
+
+/// Some chunks of one decrypted pack, for a page writer.
+struct PageJob {
+    pack: Arc<Opened>,
+    chunks: Vec<(ChunkId, ChunkLocation)>,
+}
+
+/// What the page writers share.
+struct Writers<'a> {
+    pages_of: &'a HashMap<ChunkId, Vec<u64>>,
+    chunk_key: &'a ChunkKey,
+    temp: &'a TempFile,
+    page_size: u32,
+    written: AtomicU64,
+    failed: AtomicBool,
+}
+
+/// Writes every page into `temp`: this thread fetches the packs in turn, checks each one's
+/// hash and decrypts it; page writers (one per core) decompress each page under a one-page
+/// cap, check its keyed id and write it at its place(s). The file is not synced here (see
+/// [`check_rebuilt`]). The first failure stops everything.
 fn rebuild(
     store: &dyn BackupStore,
     identity: &Identity,
@@ -689,35 +715,103 @@ fn rebuild(
     temp: &TempFile,
     options: &RestoreOptions,
 ) -> Result<(u64, u64), RestoreError> {
-    let progress = options.progress.as_ref();
-    let reencrypted = options.reencrypted.is_some();
     let page_size = u64::from(body.page_size);
     temp.file
         .set_len(body.page_count * page_size)
         .map_err(temp.io("cannot size"))?;
-    // Chunk -> the pages holding it; pack -> its chunks.
-    let mut pages_of: BTreeMap<ChunkId, Vec<u64>> = BTreeMap::new();
+    // Chunk -> the pages holding it; pack -> its chunks that some page uses.
+    let mut pages_of: HashMap<ChunkId, Vec<u64>> = HashMap::with_capacity(body.chunks.len());
     for (i, chunk) in body.pages.iter().enumerate() {
         pages_of.entry(*chunk).or_default().push(i as u64);
     }
-    let mut decompressor = PageDecompressor::new(body.page_size)?;
+    let mut chunks_of: HashMap<PackId, Vec<(ChunkId, ChunkLocation)>> = HashMap::new();
+    for (chunk, loc) in &body.chunks {
+        if pages_of.contains_key(chunk) {
+            chunks_of.entry(loc.pack).or_default().push((*chunk, *loc));
+        }
+    }
+    let writers = Writers {
+        pages_of: &pages_of,
+        chunk_key,
+        temp,
+        page_size: body.page_size,
+        written: AtomicU64::new(0),
+        failed: AtomicBool::new(false),
+    };
+    let (fetched, wrote) = std::thread::scope(|s| {
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<PageJob>(JOBS_IN_FLIGHT);
+        // Owned by the writers only: when the last one ends, sends here fail.
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let handles: Vec<_> = (0..page_writers())
+            .map(|_| {
+                let (jobs_rx, writers) = (Arc::clone(&jobs_rx), &writers);
+                s.spawn(move || writers.run(&jobs_rx))
+            })
+            .collect();
+        drop(jobs_rx);
+        let fetched = fetch_packs(
+            store, identity, manifest, &chunks_of, &writers, &jobs_tx, options,
+        );
+        if fetched.is_err() {
+            writers.failed.store(true, Ordering::SeqCst);
+        }
+        drop(jobs_tx);
+        let mut wrote = Ok(());
+        for handle in handles {
+            let result = handle.join().unwrap_or_else(|_| {
+                Err(RestoreError::Verify("a page writer thread panicked".into()))
+            });
+            if wrote.is_ok() {
+                wrote = result;
+            }
+        }
+        (fetched, wrote)
+    });
+    // A writer's failure is the cause when the fetching stopped because of it.
+    wrote?;
+    let (packs, pack_bytes) = fetched?;
+    let written = writers.written.load(Ordering::SeqCst);
+    if written != body.page_count {
+        return Err(RestoreError::Verify(format!(
+            "{written} of {} pages could be written",
+            body.page_count
+        )));
+    }
+    Ok((packs, pack_bytes))
+}
+
+/// The number of page writers: one per core, at most 4.
+fn page_writers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
+}
+
+/// Fetches, checks and decrypts each pack the manifest lists, and hands its chunks to the
+/// page writers. Stops early, without error, when a writer failed.
+fn fetch_packs(
+    store: &dyn BackupStore,
+    identity: &Identity,
+    manifest: &SignedManifest,
+    chunks_of: &HashMap<PackId, Vec<(ChunkId, ChunkLocation)>>,
+    writers: &Writers<'_>,
+    jobs: &SyncSender<PageJob>,
+    options: &RestoreOptions,
+) -> Result<(u64, u64), RestoreError> {
+    let progress = options.progress.as_ref();
+    let reencrypted = options.reencrypted.is_some();
     let (mut packs, mut pack_bytes) = (0u64, 0u64);
-    let mut written = 0u64;
     let total: u64 = manifest.header.packs.iter().map(|p| p.length).sum();
     let mut done = 0u64;
     for pack in &manifest.header.packs {
+        if writers.failed.load(Ordering::SeqCst) {
+            return Ok((packs, pack_bytes));
+        }
         if let Some(report) = progress {
             report(done, total);
         }
         done += pack.length;
-        let chunks: Vec<_> = body
-            .chunks
-            .iter()
-            .filter(|(c, loc)| loc.pack == pack.id && pages_of.contains_key(c))
-            .collect();
-        if chunks.is_empty() {
+        let Some(chunks) = chunks_of.get(&pack.id) else {
             continue;
-        }
+        };
         let open = if reencrypted {
             // Same plaintext, other recipients: the age header's length may differ.
             let ciphertext = store.get_pack(&pack.id, pack.length.saturating_add(64 * 1024))?;
@@ -728,8 +822,18 @@ fn rebuild(
             )
         } else {
             let ciphertext = store.get_pack(&pack.id, pack.length)?;
-            pack.check(&ciphertext)?;
-            pack_bytes += ciphertext.len() as u64;
+            // The length here; `open_pack` checks the hash (SHA-256 of the ciphertext, the
+            // pack's signed id) before it decrypts, so it is computed once, not twice.
+            let found = ciphertext.len() as u64;
+            if found != pack.length {
+                return Err(EnvelopeError::LengthMismatch {
+                    what: format!("pack {}", pack.id),
+                    expected: pack.length,
+                    found,
+                }
+                .into());
+            }
+            pack_bytes += found;
             Opened::Signed(open_pack(
                 identity,
                 &ciphertext,
@@ -738,34 +842,66 @@ fn rebuild(
             )?)
         };
         packs += 1;
-        for (chunk, loc) in chunks {
-            let indices = pages_of.get(chunk).map(Vec::as_slice).unwrap_or(&[]);
-            let first = indices.first().copied().unwrap_or(0);
-            let page = decompressor.decompress(first, open.at(loc)?)?;
-            if &chunk_key.chunk_id(&page) != chunk {
-                return Err(RestoreError::Verify(format!(
-                    "page {first} does not match its chunk id {chunk} (swapped or damaged chunk)"
-                )));
-            }
-            for &i in indices {
-                temp.file
-                    .write_all_at(&page, i * page_size)
-                    .map_err(temp.io("cannot write"))?;
-                written += 1;
+        let open = Arc::new(open);
+        for piece in chunks.chunks(JOB_CHUNKS) {
+            let job = PageJob {
+                pack: Arc::clone(&open),
+                chunks: piece.to_vec(),
+            };
+            if jobs.send(job).is_err() {
+                // Every writer is gone: one failed, and says why.
+                return Ok((packs, pack_bytes));
             }
         }
     }
     if let Some(report) = progress {
         report(total, total);
     }
-    if written != body.page_count {
-        return Err(RestoreError::Verify(format!(
-            "{written} of {} pages could be written",
-            body.page_count
-        )));
-    }
-    temp.file.sync_all().map_err(temp.io("cannot fsync"))?;
     Ok((packs, pack_bytes))
+}
+
+impl Writers<'_> {
+    /// Writes the pages of each job until the jobs end; after a failure (its own, or
+    /// another writer's) it only drains the queue.
+    fn run(&self, jobs: &Mutex<Receiver<PageJob>>) -> Result<(), RestoreError> {
+        let result = self.write_jobs(jobs);
+        if result.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn write_jobs(&self, jobs: &Mutex<Receiver<PageJob>>) -> Result<(), RestoreError> {
+        let mut decompressor = PageDecompressor::new(self.page_size)?;
+        let page_size = u64::from(self.page_size);
+        loop {
+            // A poisoned lock only means another writer panicked; the channel is still whole.
+            let next = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            let Ok(job) = next else {
+                return Ok(());
+            };
+            if self.failed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            for (chunk, loc) in &job.chunks {
+                let indices = self.pages_of.get(chunk).map(Vec::as_slice).unwrap_or(&[]);
+                let first = indices.first().copied().unwrap_or(0);
+                let page = decompressor.decompress(first, job.pack.at(loc)?)?;
+                if &self.chunk_key.chunk_id(&page) != chunk {
+                    return Err(RestoreError::Verify(format!(
+                        "page {first} does not match its chunk id {chunk} (swapped or damaged chunk)"
+                    )));
+                }
+                for &i in indices {
+                    self.temp
+                        .file
+                        .write_all_at(&page, i * page_size)
+                        .map_err(self.temp.io("cannot write"))?;
+                    self.written.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 /// A decrypted pack: checked against its signed id, or re-encrypted (checked through the
@@ -799,39 +935,52 @@ impl Opened {
     }
 }
 
-/// The database checks, then the whole-file hashes (last, so they cover the file exactly as
-/// it will be renamed into place).
-fn check_rebuilt(path: &Path, body: &ManifestBody) -> Result<(), RestoreError> {
-    let checked = (|| {
-        if let Some(problems) = integrity_problems(path)? {
-            return Err(RestoreError::Verify(format!(
-                "PRAGMA integrity_check: {problems}"
-            )));
-        }
-        let facts = db_facts(path)?;
-        if facts.row_counts != body.row_counts {
-            return Err(RestoreError::Verify(format!(
-                "row counts {:?} differ from the backup's {:?}",
-                facts.row_counts, body.row_counts
-            )));
-        }
-        if facts.schema_version != body.schema_version {
-            return Err(RestoreError::Verify(format!(
-                "schema version {} differs from the backup's {}",
-                facts.schema_version, body.schema_version
-            )));
-        }
-        Ok(())
-    })();
+/// The checks of the rebuilt file, run at the same time on their own threads: the fsync of
+/// its pages, its whole-file hashes (read back from the file) and the database checks
+/// (`PRAGMA integrity_check`, row counts, schema version). The database checks open the
+/// file read-only, so the hashes cover its bytes exactly as they will be renamed into place.
+fn check_rebuilt(temp: &TempFile, body: &ManifestBody) -> Result<(), RestoreError> {
+    let path = temp.path.as_path();
+    let (synced, hashed, checked) = std::thread::scope(|s| {
+        let synced = s.spawn(|| temp.file.sync_all().map_err(temp.io("cannot fsync")));
+        let hashed = s.spawn(|| FileHasher::of_file(path));
+        let checked = check_database(path, body);
+        (synced.join(), hashed.join(), checked)
+    });
     remove_sidecars(path);
+    let panicked = |what: &str| RestoreError::Verify(format!("the {what} thread panicked"));
     checked?;
-    let (blake3, sha256, len) = FileHasher::of_file(path)?;
+    synced.map_err(|_| panicked("fsync"))??;
+    let (blake3, sha256, len) = hashed.map_err(|_| panicked("file hash"))??;
     let expected_len = body.page_count * u64::from(body.page_size);
     if len != expected_len || blake3 != body.file_blake3 || sha256 != body.file_sha256 {
         return Err(RestoreError::Verify(format!(
             "whole-file hashes or length differ from the backup's (BLAKE3 {blake3}, \
              {len} bytes; expected {}, {expected_len} bytes)",
             body.file_blake3
+        )));
+    }
+    Ok(())
+}
+
+/// `PRAGMA integrity_check`, then the row counts and schema version against the backup's.
+fn check_database(path: &Path, body: &ManifestBody) -> Result<(), RestoreError> {
+    if let Some(problems) = integrity_problems(path)? {
+        return Err(RestoreError::Verify(format!(
+            "PRAGMA integrity_check: {problems}"
+        )));
+    }
+    let facts = db_facts(path)?;
+    if facts.row_counts != body.row_counts {
+        return Err(RestoreError::Verify(format!(
+            "row counts {:?} differ from the backup's {:?}",
+            facts.row_counts, body.row_counts
+        )));
+    }
+    if facts.schema_version != body.schema_version {
+        return Err(RestoreError::Verify(format!(
+            "schema version {} differs from the backup's {}",
+            facts.schema_version, body.schema_version
         )));
     }
     Ok(())

@@ -49,6 +49,10 @@ pub struct AgentState {
     /// `None` when the server had none configured (older state files lack the field).
     #[serde(default)]
     pub recovery_recipient: Option<String>,
+    /// The server said the fleet (or the device's group) is write-only: backups are
+    /// encrypted to the recovery key alone and the terminal keeps no backup identity.
+    #[serde(default)]
+    pub backups_write_only: bool,
 }
 
 impl AgentState {
@@ -156,12 +160,20 @@ pub fn enroll(opts: &EnrollOptions, now: UtcTime) -> Result<AgentState, DeviceEr
     }
     let root = read_trusted_root(&opts.trusted_root, now)?;
     create_state_dir(dir)?;
-    let identity = if Identity::exists_in(dir) {
+    // The backup identity is written only once the server said the fleet is not write-only:
+    // a write-only terminal never has one on disk.
+    let mut identity = if Identity::exists_in(dir) {
         Identity::load(dir)?
     } else {
-        let id = Identity::generate();
+        let mut id = Identity::generate();
+        let backup = id.backup.take();
         id.save(dir)?;
+        id.backup = backup;
         id
+    };
+    let backup = match identity.backup.take() {
+        Some(b) => b,
+        None => otter_keys::age::x25519::Identity::generate(),
     };
     let tuf = dir.join(TUF_DIR);
     init_metadata_dir(&tuf, &root).map_err(|e| DeviceError::Io {
@@ -174,7 +186,7 @@ pub fn enroll(opts: &EnrollOptions, now: UtcTime) -> Result<AgentState, DeviceEr
         &json!({
             "token": opts.token.trim(),
             "public_key": identity.public_key_hex(),
-            "backup_recipient": identity.backup_recipient(),
+            "backup_recipient": backup.to_public().to_string(),
             "hardware_model": opts.hardware_model,
         }),
     )?;
@@ -201,7 +213,24 @@ pub fn enroll(opts: &EnrollOptions, now: UtcTime) -> Result<AgentState, DeviceEr
             .get("recovery_recipient")
             .and_then(Value::as_str)
             .map(str::to_owned),
+        backups_write_only: answer
+            .get("backups_write_only")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     };
+    let backup_key = dir.join(super::identity::BACKUP_KEY_FILE);
+    if state.backups_write_only {
+        drop(backup);
+        match std::fs::remove_file(&backup_key) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&backup_key)(e)),
+        }
+    } else {
+        super::identity::save_backup_identity(dir, &backup)?;
+    }
+    identity.backup = None;
+    drop(identity);
     state.save(dir)?;
     Ok(state)
 }

@@ -1,6 +1,6 @@
-//! The device's three secrets: the ed25519 identity key, the age X25519 backup identity and
-//! the chunk key. Created once at enrollment, written 0600 through the atomic-write helper,
-//! held in zeroizing memory, never printed.
+//! The device's three secrets: the ed25519 identity key, the age X25519 backup identity (none
+//! on a write-only terminal) and the chunk key. Created once at enrollment, written 0600
+//! through the atomic-write helper, held in zeroizing memory, never printed.
 
 use std::fmt;
 use std::path::Path;
@@ -27,8 +27,9 @@ const MAX_SECRET_FILE: u64 = 4096;
 pub struct Identity {
     /// Signs every request and backup manifest.
     pub signing: SigningKey,
-    /// Opens the device's own backups.
-    pub backup: x25519::Identity,
+    /// Opens the device's own backups; `None` on a write-only terminal, which keeps no
+    /// backup identity (no `backup.key`).
+    pub backup: Option<x25519::Identity>,
     /// Keys the chunk ids of backups.
     pub chunk: ChunkKey,
 }
@@ -47,7 +48,7 @@ impl Identity {
     pub fn generate() -> Identity {
         Identity {
             signing: SigningKey::generate(),
-            backup: x25519::Identity::generate(),
+            backup: Some(x25519::Identity::generate()),
             chunk: ChunkKey::generate(),
         }
     }
@@ -57,9 +58,9 @@ impl Identity {
         hex::encode(self.signing.public_bytes())
     }
 
-    /// The backup recipient (`age1...`).
-    pub fn backup_recipient(&self) -> String {
-        self.backup.to_public().to_string()
+    /// The backup recipient (`age1...`); `None` without a backup identity.
+    pub fn backup_recipient(&self) -> Option<String> {
+        self.backup.as_ref().map(|b| b.to_public().to_string())
     }
 
     /// Whether `dir` holds any of the secret files.
@@ -69,52 +70,81 @@ impl Identity {
             .any(|f| dir.join(f).exists())
     }
 
-    /// Writes the three files into `dir`, each 0600, atomically.
+    /// Writes the files into `dir`, each 0600, atomically (`backup.key` only when there is a
+    /// backup identity).
     pub fn save(&self, dir: &Path) -> Result<(), DeviceError> {
         let seed = Zeroizing::new(format!("{}\n", hex::encode(*self.signing.seed_dangerous())));
-        let backup = Zeroizing::new(format!(
-            "# Otter device backup identity\n# public key: {}\n{}\n",
-            self.backup_recipient(),
-            self.backup.to_string().expose_secret()
-        ));
         let chunk = Zeroizing::new(format!(
             "{}\n",
             hex::encode(*self.chunk.to_bytes_dangerous())
         ));
-        for (name, text) in [
-            (DEVICE_KEY_FILE, &seed),
-            (BACKUP_KEY_FILE, &backup),
-            (CHUNK_KEY_FILE, &chunk),
-        ] {
+        for (name, text) in [(DEVICE_KEY_FILE, &seed), (CHUNK_KEY_FILE, &chunk)] {
             let path = dir.join(name);
             write_atomic(&path, text.as_bytes(), 0o600).map_err(io_err(&path))?;
+        }
+        if let Some(backup) = &self.backup {
+            save_backup_identity(dir, backup)?;
         }
         Ok(())
     }
 
-    /// Reads the three files from `dir`.
+    /// Reads the files from `dir`; a missing `backup.key` gives no backup identity (a
+    /// write-only terminal).
     pub fn load(dir: &Path) -> Result<Identity, DeviceError> {
         let seed_path = dir.join(DEVICE_KEY_FILE);
         let seed: Zeroizing<[u8; 32]> = read_hex32(&seed_path)?;
         let chunk_path = dir.join(CHUNK_KEY_FILE);
         let chunk = read_hex32(&chunk_path)?;
         let backup_path = dir.join(BACKUP_KEY_FILE);
-        let text = read_secret(&backup_path)?;
-        let backup = text
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
-            .and_then(|l| l.parse::<x25519::Identity>().ok())
-            .ok_or_else(|| DeviceError::Malformed {
-                path: backup_path.clone(),
-                reason: "no age X25519 identity inside".into(),
-            })?;
+        let backup = if backup_path.exists() {
+            Some(load_age_identity(&backup_path)?)
+        } else {
+            None
+        };
         Ok(Identity {
             signing: SigningKey::from_seed(&seed),
             backup,
             chunk: ChunkKey::from_bytes(&chunk),
         })
     }
+}
+
+/// Writes an age identity file (`AGE-SECRET-KEY-1...`, with its public key as a comment) at
+/// `dir/BACKUP_KEY_FILE`, 0600.
+pub fn save_backup_identity(dir: &Path, backup: &x25519::Identity) -> Result<(), DeviceError> {
+    save_age_identity(
+        &dir.join(BACKUP_KEY_FILE),
+        backup,
+        "Otter device backup identity",
+    )
+}
+
+/// Writes an age X25519 identity file at `path` (0600, atomically), with `title` and the
+/// public key as comments: the format `age -i` reads.
+pub fn save_age_identity(
+    path: &Path,
+    identity: &x25519::Identity,
+    title: &str,
+) -> Result<(), DeviceError> {
+    let text = Zeroizing::new(format!(
+        "# {title}\n# public key: {}\n{}\n",
+        identity.to_public(),
+        identity.to_string().expose_secret()
+    ));
+    write_atomic(path, text.as_bytes(), 0o600).map_err(io_err(path))
+}
+
+/// Reads the age X25519 identity (`AGE-SECRET-KEY-1...` line) of the file at `path`.
+pub fn load_age_identity(path: &Path) -> Result<x25519::Identity, DeviceError> {
+    let text = read_secret(path)?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .and_then(|l| l.parse::<x25519::Identity>().ok())
+        .ok_or_else(|| DeviceError::Malformed {
+            path: path.to_path_buf(),
+            reason: "no age X25519 identity inside".into(),
+        })
 }
 
 fn read_secret(path: &Path) -> Result<Zeroizing<String>, DeviceError> {
@@ -173,6 +203,19 @@ mod tests {
         let dbg = format!("{id:?}");
         assert!(!dbg.contains(&hex::encode(*id.signing.seed_dangerous())));
         assert!(!dbg.contains("AGE-SECRET-KEY"));
+    }
+
+    #[test]
+    fn without_a_backup_identity_no_backup_key_is_written_or_needed() {
+        let d = tempfile::tempdir().unwrap();
+        let mut id = Identity::generate();
+        id.backup = None;
+        id.save(d.path()).unwrap();
+        assert!(!d.path().join(BACKUP_KEY_FILE).exists());
+        let back = Identity::load(d.path()).unwrap();
+        assert!(back.backup.is_none());
+        assert_eq!(back.backup_recipient(), None);
+        assert_eq!(back.public_key_hex(), id.public_key_hex());
     }
 
     #[test]

@@ -14,12 +14,14 @@
 //! - [`verify`]: keyless verification of the catalog against the store.
 //! - [`quota`]: which pack uploads are admitted (stored-bytes quota, packs being collected).
 //! - [`requests`]: restore requests from admins/restorers, fetched and answered by devices.
+//! - [`transfers`]: backups exported as ciphertext, and transfers imported for a device.
 
 pub mod gc;
 pub mod quota;
 pub mod receipt;
 pub mod requests;
 pub mod retention;
+pub mod transfers;
 pub mod verify;
 
 use otter_keys::envelope::{

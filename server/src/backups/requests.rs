@@ -65,9 +65,12 @@ pub struct RestoreRequest {
     pub result: Option<String>,
     /// When the device reported, Unix seconds.
     pub finished_at: Option<i64>,
+    /// When the device first fetched it (`GET /api/v1/device/restore-requests`), Unix
+    /// seconds; `None` while it has not.
+    pub delivered_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, device_id, sequence, header_hash, reason, requested_by, requested_at, status, result, finished_at, repair";
+const COLUMNS: &str = "id, device_id, sequence, header_hash, reason, requested_by, requested_at, status, result, finished_at, repair, delivered_at";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<RestoreRequest> {
     Ok(RestoreRequest {
@@ -82,6 +85,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<RestoreRequest> {
         result: r.get(8)?,
         finished_at: r.get(9)?,
         repair: r.get::<_, i64>(10)? != 0,
+        delivered_at: r.get(11)?,
     })
 }
 
@@ -176,6 +180,17 @@ pub fn list(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Records that `device` fetched its pending requests at `now` (the first fetch of each
+/// counts): the console then shows them as delivered.
+pub fn mark_delivered(conn: &Connection, device: &str, now: i64) -> Result<(), RequestError> {
+    conn.execute(
+        "UPDATE restore_requests SET delivered_at = ?2
+         WHERE device_id = ?1 AND status = 'pending' AND delivered_at IS NULL",
+        rusqlite::params![device, now],
+    )?;
+    Ok(())
+}
+
 /// Records the device's outcome of its pending request `id` and audits it, in one
 /// transaction. `None` when the device has no pending request with this id.
 pub fn finish(
@@ -226,6 +241,42 @@ mod tests {
              VALUES (?1, ?2, ?3, x'00', 1, 0, 0, 0, 0, 0, 1, 'sig')",
             rusqlite::params![device, sequence, format!("{device}-{sequence}")],
         )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_first_fetch_marks_pending_requests_delivered() {
+        let d = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open_blocking(&d.path().join("otter.db")).unwrap();
+        db.with_conn_blocking(|c| -> Result<(), crate::db::DbError> {
+            let c: &mut Connection = c;
+            manifest(c, "till-1", 1);
+            let who = Actor::token(1);
+            let a = create(c, &who, "till-1", Which::Latest, "r", 10)
+                .unwrap()
+                .unwrap();
+            assert_eq!(a.delivered_at, None);
+            mark_delivered(c, "till-2", 11).unwrap();
+            assert_eq!(list(c, "till-1", true).unwrap()[0].delivered_at, None);
+            mark_delivered(c, "till-1", 12).unwrap();
+            mark_delivered(c, "till-1", 13).unwrap();
+            assert_eq!(list(c, "till-1", true).unwrap()[0].delivered_at, Some(12));
+            let b = create(c, &who, "till-1", Which::NewestVerifying, "r", 14)
+                .unwrap()
+                .unwrap();
+            finish(c, "till-1", a.id, true, "restored", 15)
+                .unwrap()
+                .unwrap();
+            mark_delivered(c, "till-1", 16).unwrap();
+            let all = list(c, "till-1", false).unwrap();
+            assert_eq!(
+                all.iter()
+                    .map(|r| (r.id, r.delivered_at))
+                    .collect::<Vec<_>>(),
+                [(b.id, Some(16)), (a.id, Some(12))]
+            );
+            Ok(())
+        })
         .unwrap();
     }
 

@@ -64,6 +64,16 @@ pub enum BackupsCommand {
         #[command(flatten)]
         dir: DataDirArgs,
     },
+    /// Export a device's stored backup, ciphertext only, through the server's API (admin or
+    /// restorer token) into a new directory: what `otter-keys backup reencrypt --from` reads.
+    /// Audited.
+    Export(super::transfers::ExportArgs),
+    /// Import a transfer (the directory `otter-keys backup reencrypt --out` wrote) for a
+    /// device through the server's API; the terminal fetches it with `otter-agent restore
+    /// --from-server-transfer`. Checked without a key, stored as ciphertext, audited.
+    ImportTransfer(super::transfers::ImportArgs),
+    /// List the transfers imported for a device (JSON), through the server's API.
+    Transfers(super::transfers::ListArgs),
 }
 
 fn open_store(config: &otter_server::Config) -> Result<Store> {
@@ -142,6 +152,9 @@ fn print_table(backups: &[ManifestRecord]) {
 /// Runs a `backups` subcommand.
 pub fn run(cmd: BackupsCommand) -> Result<()> {
     match cmd {
+        BackupsCommand::Export(a) => super::transfers::export(a)?,
+        BackupsCommand::ImportTransfer(a) => super::transfers::import(a)?,
+        BackupsCommand::Transfers(a) => super::transfers::list(a)?,
         BackupsCommand::List { device, json, dir } => {
             let db = super::token::open(&dir)?;
             let backups = db.with_conn_blocking(|c| -> Result<_> {

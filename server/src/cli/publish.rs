@@ -107,9 +107,7 @@ pub fn run(a: PublishArgs) -> Result<()> {
         url.set_query(None);
     }
     let url = url.to_string();
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(3600))
-        .build()?;
+    let client = super::api_client(&a.server, Duration::from_secs(3600))?;
     let res = client
         .post(&url)
         .bearer_auth(token.as_str())

@@ -36,9 +36,7 @@ impl ApiArgs {
     pub fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
         let token = self.token()?;
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()?;
+        let client = super::api_client(&self.server, Duration::from_secs(120))?;
         let mut req = client
             .request(method.clone(), &url)
             .bearer_auth(token.as_str());

@@ -30,9 +30,6 @@ use crate::http::AppState;
 /// Entries shown on one audit page.
 pub const PAGE: u32 = 100;
 
-/// The audit action of a restore request.
-pub const RESTORE_REQUEST: &str = "backup.restore_request";
-
 fn page<P: crate::http::auth::Policy>(
     auth: &ConsoleAuth<P>,
     title: &str,
@@ -308,50 +305,6 @@ pub async fn acknowledge_alert(
         .finish())
 }
 
-/// A restore request as recorded: when, by whom, which backup, why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestoreRequest {
-    /// Audit sequence number.
-    pub seq: i64,
-    /// When.
-    pub at: i64,
-    /// Who (the token's label when known).
-    pub by: String,
-    /// The backup's sequence number.
-    pub sequence: u64,
-    /// Why.
-    pub reason: String,
-}
-
-/// The restore requests recorded for `device`, newest first (read from the audit log).
-pub fn restore_requests(conn: &Connection, device: &str) -> rusqlite::Result<Vec<RestoreRequest>> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, at, COALESCE(actor_name, actor), details FROM audit_log
-         WHERE action = ?1 AND subject = ?2 ORDER BY seq DESC LIMIT 100",
-    )?;
-    let rows = stmt.query_map([RESTORE_REQUEST, &format!("device:{device}")], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (seq, at, by, details) = row?;
-        let v: serde_json::Value = serde_json::from_str(&details).unwrap_or_default();
-        out.push(RestoreRequest {
-            seq,
-            at,
-            by,
-            sequence: v["sequence"].as_u64().unwrap_or(0),
-            reason: v["reason"].as_str().unwrap_or("").to_owned(),
-        });
-    }
-    Ok(out)
-}
-
 /// The restore request form for one device's backups.
 pub fn restore_form(device: &str, latest: u64, csrf: &str) -> String {
     format!(
@@ -391,7 +344,8 @@ fn record_request(
 }
 
 /// `POST /console/backups/{device}/restore` (admin, restorer; CSRF-checked): `sequence`,
-/// `reason`, `confirm` (= the device id). Records the request in the audit log.
+/// `reason`, `confirm` (= the device id). Stores the request for the device to pick up,
+/// audited in the same transaction.
 pub async fn request_restore(
     auth: ConsoleAuth<RequestRestore>,
     state: web::Data<AppState>,

@@ -104,7 +104,7 @@ pub struct ConsoleAuth<P: Policy> {
     pub session: Session,
     /// The session id, to end it at sign-out.
     session_id: zeroize::Zeroizing<String>,
-    /// Devices whose last report holds security events, for roles that read devices.
+    /// Open (unacknowledged) alerts, for roles that read devices.
     alerts: u64,
     _policy: PhantomData<P>,
 }
@@ -170,15 +170,10 @@ fn no_session(req: &HttpRequest) -> ConsoleError {
     }
 }
 
-/// How many unrevoked devices' last reports hold security events; 0 if it cannot be told.
+/// How many alerts are open (not acknowledged): the number on the Security entry, the same
+/// as `otter_alerts_open`; 0 if it cannot be told.
 fn alert_count(conn: &rusqlite::Connection) -> u64 {
-    conn.query_row(
-        "SELECT COUNT(*) FROM devices WHERE revoked_at IS NULL
-         AND json_array_length(last_report, '$.security_events') > 0",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+    crate::alerts::open_count(conn).unwrap_or(0)
 }
 
 /// The role and revocation time of token `id`, `None` if it is gone.

@@ -93,7 +93,7 @@ pub struct Who<'a> {
     pub role: TokenRole,
     /// The session's CSRF token, for the sign-out form.
     pub csrf: &'a str,
-    /// Devices whose last report holds security events (shown on the Security entry).
+    /// Open (unacknowledged) alerts (shown on the Security entry).
     pub alerts: u64,
 }
 
@@ -130,7 +130,7 @@ pub fn page(title: &str, current: &str, who: Option<&Who>, nav: &[Nav], body: &s
             };
             let badge = if n.path == "/security" && w.alerts > 0 {
                 format!(
-                    " <span class=\"badge alert\" id=\"alert-count\" title=\"devices reporting security events\">{}</span>",
+                    " <span class=\"badge alert\" id=\"alert-count\" title=\"open alerts\">{}</span>",
                     w.alerts
                 )
             } else {

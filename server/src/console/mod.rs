@@ -12,6 +12,8 @@
 //! - [`audit`]: the audit log with its chain status, security events, restore requests.
 //! - [`pages`]: the handlers.
 //! - [`rollouts`]: a release's page, its rollout chart and controls.
+//! - [`restores`]: restore requests with their status and the terminals' reports, and
+//!   admin-ordered repairs.
 //!
 //! Every console response carries a strict Content-Security-Policy (no inline script or
 //! style, no framing) and `Cache-Control: no-store` (pages hold fleet data).
@@ -20,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod html;
 pub mod pages;
+pub mod restores;
 pub mod rollouts;
 pub mod session;
 
@@ -145,6 +148,16 @@ pub const CONSOLE_ROUTES: &[(&str, &str, Access)] = &[
     ),
     (
         "GET",
+        "/console/devices/{device}/repair",
+        Access::Roles(RequestRestore::ROLES),
+    ),
+    (
+        "POST",
+        "/console/devices/{device}/repair",
+        Access::Roles(RequestRestore::ROLES),
+    ),
+    (
+        "GET",
         "/console/releases",
         Access::Roles(ReadReleases::ROLES),
     ),
@@ -262,6 +275,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/static/console.css", web::get().to(pages::css))
             .route("/fleet", web::get().to(pages::fleet))
             .route("/devices/{device}", web::get().to(pages::device))
+            .route(
+                "/devices/{device}/repair",
+                web::get().to(restores::repair_confirm),
+            )
+            .route(
+                "/devices/{device}/repair",
+                web::post().to(restores::repair_post),
+            )
             .route("/releases", web::get().to(pages::releases))
             .route(
                 "/releases/{name}/{version}",

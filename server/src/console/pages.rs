@@ -569,17 +569,20 @@ pub async fn device(
 ) -> Result<HttpResponse, ConsoleError> {
     let id = path.into_inner();
     let wanted = id.clone();
-    let (found, backups, checks) = state
+    let (found, backups, checks, requests) = state
         .db
         .call(move |c| {
             let devices = list_devices(c, &DeviceFilter::default());
             let backups = list_manifests(c, Some(&wanted));
             let checks = backup_checks(c, Some(&wanted));
-            Ok((devices, backups, checks))
+            let requests = crate::backups::requests::list(c, &wanted, false);
+            Ok((devices, backups, checks, requests))
         })
         .await
         .map_err(|e| ConsoleError::internal("reading the device", &e))?;
     let (verifs, pruned) = checks?;
+    let requests =
+        requests.map_err(|e| ConsoleError::internal("reading the restore requests", &e))?;
     let devices = found.map_err(|e| ConsoleError::internal("reading the device", &e))?;
     let backups = backups.map_err(|e| ConsoleError::internal("reading the backups", &e))?;
     let Some(d) = devices.into_iter().find(|d| d.device_id == id) else {
@@ -698,6 +701,15 @@ pub async fn device(
         );
         b.push_str(&backups_table(&backups, false, &verifs));
     }
+    b.push_str("<h2>Restore requests and repairs</h2>");
+    if auth.may(super::RequestRestore::ROLES) && d.revoked_at.is_none() && !backups.is_empty() {
+        let _ = write!(
+            b,
+            "<p>Database damaged? {} restores the newest backup that verifies, and shows first what it will lose.</p>",
+            super::restores::repair_button(&d.device_id)
+        );
+    }
+    b.push_str(&super::restores::requests_table(&requests));
     Ok(page(
         &auth,
         &format!("Device {}", d.device_id),
@@ -785,6 +797,8 @@ pub struct BackupsQuery {
     pub device: Option<String>,
     /// A restore of this backup was just requested.
     pub requested: Option<u64>,
+    /// This repair request was just ordered.
+    pub repair: Option<i64>,
 }
 
 /// `GET /console/backups[?device=D]` (admin, operator, auditor, restorer): per device, the
@@ -804,7 +818,7 @@ pub async fn backups(
         .call(move |c| {
             let records = list_manifests(c, d.as_deref());
             let requests = match d.as_deref() {
-                Some(dev) => super::audit::restore_requests(c, dev),
+                Some(dev) => crate::backups::requests::list(c, dev, false),
                 None => Ok(Vec::new()),
             };
             let checks = backup_checks(c, d.as_deref());
@@ -878,24 +892,23 @@ pub async fn backups(
                 "<p class=\"notice\" role=\"status\">A restore of backup #{n} was requested and recorded in the audit log.</p>"
             );
         }
+        if let Some(id) = q.repair {
+            let _ = write!(
+                b,
+                "<p class=\"notice\" role=\"status\" id=\"repair-ordered\">Repair request #{id} was ordered and recorded in the audit log: the terminal restores the newest backup that verifies and reports the rows lost.</p>"
+            );
+        }
         let _ = write!(b, "<h2>Backups of <code>{}</code></h2>", esc(dev));
         b.push_str(&backups_table(&records, false, &verifs));
-        if !requests.is_empty() {
-            b.push_str("<h2>Restore requests</h2><table id=\"restore-requests\"><thead><tr><th scope=\"col\">When</th><th scope=\"col\">By</th><th scope=\"col\">Backup</th><th scope=\"col\">Reason</th></tr></thead><tbody>");
-            for r in &requests {
-                let _ = write!(
-                    b,
-                    "<tr><td>{}</td><td>{}</td><td>#{}</td><td>{}</td></tr>",
-                    time(r.at),
-                    esc(&r.by),
-                    r.sequence,
-                    esc(&r.reason)
-                );
-            }
-            b.push_str("</tbody></table>");
-        }
+        b.push_str("<h2>Restore requests</h2>");
+        b.push_str(&super::restores::requests_table(&requests));
         if let Some(latest) = records.last() {
             if auth.may(super::RequestRestore::ROLES) {
+                let _ = write!(
+                    b,
+                    "<p>Database damaged? {} restores the newest backup that verifies, and shows first what it will lose.</p>",
+                    super::restores::repair_button(dev)
+                );
                 b.push_str(&super::audit::restore_form(
                     dev,
                     latest.sequence,

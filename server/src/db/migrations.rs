@@ -291,6 +291,36 @@ CREATE INDEX restore_requests_device ON restore_requests (device_id, status);
         sql: "ALTER TABLE restore_requests ADD COLUMN repair INTEGER NOT NULL DEFAULT 0 \
               CHECK (repair IN (0, 1));",
     },
+    Migration {
+        version: 11,
+        name: "enrollment tokens can be revoked before they are used",
+        sql: "ALTER TABLE enrollment_tokens ADD COLUMN revoked_at INTEGER;",
+    },
+    Migration {
+        version: 12,
+        name: "restore requests record when the device first fetched them",
+        sql: "ALTER TABLE restore_requests ADD COLUMN delivered_at INTEGER;",
+    },
+    Migration {
+        version: 13,
+        name: "root rotations accepted and restarts above the store's versions",
+        sql: r#"
+-- Each root version taken in after the first (PUT /api/v1/root, or adopted from the store by
+-- `serve --resume-above-store`), with the online key ids it made the server sign with. The
+-- root's bytes themselves are in metadata_versions.
+CREATE TABLE root_rotations (
+    root_version  INTEGER PRIMARY KEY CHECK (root_version >= 2),
+    accepted_at   INTEGER NOT NULL,
+    source        TEXT    NOT NULL CHECK (source IN ('api', 'store')),
+    online_keys   TEXT    NOT NULL
+) STRICT;
+"#,
+    },
+    Migration {
+        version: 14,
+        name: "backup transfers: another device's backup re-encrypted for a device, ciphertext only",
+        sql: crate::backups::transfers::SCHEMA,
+    },
 ];
 
 /// Brings the schema up to date.

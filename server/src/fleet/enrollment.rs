@@ -32,6 +32,96 @@ pub struct EnrollmentTokenInfo {
     pub expires_at: i64,
     /// When it was used; `None` while unused.
     pub used_at: Option<i64>,
+    /// The device enrolled with it, once used.
+    pub used_by_device: Option<String>,
+    /// When it was revoked; a revoked token enrolls nothing.
+    pub revoked_at: Option<i64>,
+}
+
+impl EnrollmentTokenInfo {
+    /// `used`, `revoked`, `expired` (unused past its expiry at `now`) or `unused`.
+    pub fn state(&self, now: i64) -> &'static str {
+        if self.used_at.is_some() {
+            "used"
+        } else if self.revoked_at.is_some() {
+            "revoked"
+        } else if now >= self.expires_at {
+            "expired"
+        } else {
+            "unused"
+        }
+    }
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, device_group, created_by, created_at, expires_at, used_at, used_by_device, revoked_at";
+
+fn token_row(r: &rusqlite::Row) -> rusqlite::Result<EnrollmentTokenInfo> {
+    Ok(EnrollmentTokenInfo {
+        id: r.get(0)?,
+        group: r.get(1)?,
+        created_by: r.get(2)?,
+        created_at: r.get(3)?,
+        expires_at: r.get(4)?,
+        used_at: r.get(5)?,
+        used_by_device: r.get(6)?,
+        revoked_at: r.get(7)?,
+    })
+}
+
+/// Most enrollment tokens listed at once (the newest).
+pub const MAX_LISTED_TOKENS: u32 = 1000;
+
+/// The newest [`MAX_LISTED_TOKENS`] enrollment tokens, newest first (never a token or its
+/// hash).
+pub fn list_enrollment_tokens(conn: &Connection) -> Result<Vec<EnrollmentTokenInfo>, FleetError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY id DESC LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map([MAX_LISTED_TOKENS], token_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The enrollment token `id`, if there is one.
+pub fn enrollment_token(
+    conn: &Connection,
+    id: i64,
+) -> Result<Option<EnrollmentTokenInfo>, FleetError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = ?1"),
+            [id],
+            token_row,
+        )
+        .optional()?)
+}
+
+/// Revokes the unused enrollment token `id` at `now`: an enrollment with it is refused from
+/// then on. Returns its record and whether this call revoked it (`false`: it was revoked
+/// already, and keeps its first revocation time). A used token cannot be revoked (revoke
+/// the device it enrolled instead); callers audit only a new revocation.
+pub fn revoke_enrollment_token(
+    conn: &Connection,
+    id: i64,
+    now: i64,
+) -> Result<(EnrollmentTokenInfo, bool), FleetError> {
+    let info = enrollment_token(conn, id)?.ok_or(FleetError::EnrollmentTokenNotFound(id))?;
+    if info.used_at.is_some() {
+        return Err(FleetError::EnrollmentTokenUsed {
+            id,
+            device: info.used_by_device.clone().unwrap_or_default(),
+        });
+    }
+    if info.revoked_at.is_some() {
+        return Ok((info, false));
+    }
+    conn.execute(
+        "UPDATE enrollment_tokens SET revoked_at = ?2
+         WHERE id = ?1 AND revoked_at IS NULL AND used_at IS NULL",
+        rusqlite::params![id, now],
+    )?;
+    let info = enrollment_token(conn, id)?.ok_or(FleetError::EnrollmentTokenNotFound(id))?;
+    Ok((info, true))
 }
 
 /// Creates an enrollment token valid for `ttl_secs`; returns its record and the token,
@@ -65,6 +155,8 @@ pub fn create_enrollment_token(
         created_at: now,
         expires_at,
         used_at: None,
+        used_by_device: None,
+        revoked_at: None,
     };
     Ok((info, token))
 }
@@ -138,9 +230,9 @@ pub fn enroll(
     }
     let hash = hash_token(&req.token);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (token_id, group, expires_at, used_at) = tx
+    let (token_id, group, expires_at, used_at, revoked_at) = tx
         .query_row(
-            "SELECT id, device_group, expires_at, used_at FROM enrollment_tokens
+            "SELECT id, device_group, expires_at, used_at, revoked_at FROM enrollment_tokens
              WHERE token_sha256 = ?1",
             [&hash],
             |r| {
@@ -149,11 +241,15 @@ pub fn enroll(
                     r.get::<_, Option<String>>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
                 ))
             },
         )
         .optional()?
         .ok_or(FleetError::TokenUnknown)?;
+    if let Some(revoked_at) = revoked_at {
+        return Err(FleetError::TokenRevoked { revoked_at });
+    }
     if used_at.is_some() {
         return Err(FleetError::TokenUsed);
     }
@@ -304,6 +400,51 @@ mod tests {
             enroll(&mut c, &again, 3),
             Err(FleetError::KeyAlreadyEnrolled(_))
         ));
+    }
+
+    #[test]
+    fn a_revoked_token_enrolls_nothing_and_a_used_one_cannot_be_revoked() {
+        let mut c = db();
+        let (a, ta) = create_enrollment_token(&c, Some("lane-1"), 3600, None, 100).unwrap();
+        let (b, tb) = create_enrollment_token(&c, None, 3600, None, 100).unwrap();
+        assert_eq!(a.state(100), "unused");
+        let (r, new) = revoke_enrollment_token(&c, a.id, 150).unwrap();
+        assert!(new);
+        assert_eq!((r.revoked_at, r.state(150)), (Some(150), "revoked"));
+        // Again: no change, the first time stays.
+        let (r, new) = revoke_enrollment_token(&c, a.id, 160).unwrap();
+        assert!(!new);
+        assert_eq!(r.revoked_at, Some(150));
+        assert!(matches!(
+            enroll(&mut c, &request(ta.expose_dangerous()), 170),
+            Err(FleetError::TokenRevoked { revoked_at: 150 })
+        ));
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "a refused enrollment records nothing");
+        let e = enroll(&mut c, &request(tb.expose_dangerous()), 180).unwrap();
+        assert!(matches!(
+            revoke_enrollment_token(&c, b.id, 190),
+            Err(FleetError::EnrollmentTokenUsed { id, ref device }) if id == b.id && *device == e.device_id
+        ));
+        assert!(matches!(
+            revoke_enrollment_token(&c, 999, 190),
+            Err(FleetError::EnrollmentTokenNotFound(999))
+        ));
+        let listed = list_enrollment_tokens(&c).unwrap();
+        assert_eq!(
+            listed.iter().map(|t| t.id).collect::<Vec<_>>(),
+            [b.id, a.id]
+        );
+        assert_eq!(listed[0].state(200), "used");
+        assert_eq!(
+            listed[0].used_by_device.as_deref(),
+            Some(e.device_id.as_str())
+        );
+        assert_eq!(listed[1].state(200), "revoked");
+        let (x, _) = create_enrollment_token(&c, None, 60, None, 0).unwrap();
+        assert_eq!(x.state(60), "expired");
     }
 
     #[test]

@@ -17,8 +17,9 @@ pub use devices::{
     DeviceInfo, DeviceKey, RequestSeen,
 };
 pub use enrollment::{
-    create_enrollment_token, enroll, EnrollRequest, Enrolled, EnrollmentTokenInfo,
-    DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS,
+    create_enrollment_token, enroll, enrollment_token, list_enrollment_tokens,
+    revoke_enrollment_token, EnrollRequest, Enrolled, EnrollmentTokenInfo, DEFAULT_TOKEN_TTL_SECS,
+    MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS,
 };
 pub use report::DeviceReport;
 
@@ -59,6 +60,23 @@ pub enum FleetError {
     TokenExpired {
         /// When it expired.
         expired_at: i64,
+    },
+    /// The enrollment token was revoked.
+    #[error("the enrollment token was revoked at {revoked_at} (Unix seconds): ask an operator for a new one")]
+    TokenRevoked {
+        /// When it was revoked.
+        revoked_at: i64,
+    },
+    /// No enrollment token has this id.
+    #[error("no enrollment token has id {0}: see `otter-server enroll-token list`")]
+    EnrollmentTokenNotFound(i64),
+    /// An enrollment token that was used already cannot be revoked.
+    #[error("enrollment token {id} was used already, by device {device}: revoke the device instead (otter-server devices revoke {device})")]
+    EnrollmentTokenUsed {
+        /// The token's id.
+        id: i64,
+        /// The device it enrolled.
+        device: String,
     },
     /// A device with this identity key is enrolled already.
     #[error("a device with this public key is enrolled already ({0}): enroll with a new identity, or revoke the old device")]

@@ -1,4 +1,5 @@
-//! The fleet endpoints: `POST /api/v1/enrollment-tokens` (admin, operator), `POST
+//! The fleet endpoints: `POST /api/v1/enrollment-tokens` (admin, operator), `GET` (admin,
+//! operator, auditor) and `DELETE /api/v1/enrollment-tokens/{id}` (admin), `POST
 //! /api/v1/enroll` (a terminal with an enrollment token), `POST /api/v1/device/report`
 //! (signed by a device) and `GET /api/v1/devices` (admin, operator, auditor). The same
 //! operations as `otter-server enroll-token create` and `otter-server devices list`.
@@ -35,6 +36,13 @@ fn fleet_err(e: FleetError) -> ApiError {
         }
         FleetError::TokenExpired { .. } => {
             ApiError::new(StatusCode::UNAUTHORIZED, "enrollment_token_expired", msg)
+        }
+        FleetError::TokenRevoked { .. } => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "enrollment_token_revoked", msg)
+        }
+        FleetError::EnrollmentTokenNotFound(_) => ApiError::not_found(msg),
+        FleetError::EnrollmentTokenUsed { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "enrollment_token_used", msg)
         }
         FleetError::KeyAlreadyEnrolled(_) => {
             ApiError::new(StatusCode::CONFLICT, "device_exists", msg)
@@ -122,10 +130,120 @@ pub async fn create_token(
         })))
 }
 
+/// Listing enrollment tokens (never a token): admin, operator (who create them) and auditor.
+pub struct ReadEnrollment;
+impl super::auth::Policy for ReadEnrollment {
+    const ROLES: &'static [crate::tokens::TokenRole] = &[
+        crate::tokens::TokenRole::Admin,
+        crate::tokens::TokenRole::Operator,
+        crate::tokens::TokenRole::Auditor,
+    ];
+    const WHAT: &'static str = "listing enrollment tokens";
+}
+
+/// Revoking enrollment tokens: admin only.
+pub struct RevokeEnrollment;
+impl super::auth::Policy for RevokeEnrollment {
+    const ROLES: &'static [crate::tokens::TokenRole] = &[crate::tokens::TokenRole::Admin];
+    const WHAT: &'static str = "revoking enrollment tokens";
+}
+
+/// `GET /api/v1/enrollment-tokens` (admin, operator, auditor): `{enrollment_tokens: [...]}`,
+/// the newest 1000, newest first, each with `state` (`unused`, `used`, `expired`,
+/// `revoked`); never a token or its hash. The same list as `otter-server enroll-token list`.
+#[tracing::instrument(skip_all, fields(caller = auth.caller.id))]
+pub async fn list_tokens(
+    auth: Auth<ReadEnrollment>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let _ = auth;
+    let tokens = state
+        .db
+        .call(|c| Ok(crate::fleet::list_enrollment_tokens(c)))
+        .await
+        .map_err(db_err)?
+        .map_err(fleet_err)?;
+    let now = unix_now();
+    let listed: Vec<serde_json::Value> = tokens.iter().map(|t| token_json(t, now)).collect();
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({ "enrollment_tokens": listed })))
+}
+
+fn token_json(t: &crate::fleet::EnrollmentTokenInfo, now: i64) -> serde_json::Value {
+    let mut v = serde_json::to_value(t).unwrap_or_default();
+    v["state"] = json!(t.state(now));
+    v
+}
+
+/// `DELETE /api/v1/enrollment-tokens/{id}` (admin): revokes an unused enrollment token (an
+/// enrollment with it is refused from then on); 200 with its record. Revoking twice keeps
+/// the first time and audits once (`enrollment_token.revoke`); a used token is 409 (revoke
+/// the device instead), an unknown id 404. The same as `otter-server enroll-token revoke`.
+#[tracing::instrument(skip_all, fields(caller = auth.caller.id))]
+pub async fn revoke_token(
+    auth: Auth<RevokeEnrollment>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id: i64 = id.trim().parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_enrollment_token_id",
+            "an enrollment token is named by its id, an integer (see GET /api/v1/enrollment-tokens)",
+        )
+    })?;
+    let caller = auth.caller.id;
+    let (info, newly) = state
+        .db
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let now = unix_now();
+            let revoked =
+                crate::fleet::revoke_enrollment_token(&tx, id, now).and_then(|(info, newly)| {
+                    if newly {
+                        crate::audit::append(
+                            &tx,
+                            &crate::audit::Actor::token(caller),
+                            "enrollment_token.revoke",
+                            &format!("enrollment_token:{id}"),
+                            &json!({"group": info.group, "expires_at": info.expires_at}),
+                            now,
+                        )
+                        .map_err(|e| match e {
+                            crate::audit::AuditError::Sqlite(e) => FleetError::Sqlite(e),
+                            other => FleetError::Sqlite(rusqlite::Error::ToSqlConversionFailure(
+                                Box::new(other),
+                            )),
+                        })?;
+                    }
+                    Ok((info, newly))
+                });
+            if revoked.is_ok() {
+                tx.commit()?;
+            }
+            Ok(revoked)
+        })
+        .await
+        .map_err(db_err)?
+        .map_err(fleet_err)?;
+    if newly {
+        tracing::info!(
+            enrollment_token_id = id,
+            by = caller,
+            "enrollment token revoked"
+        );
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(token_json(&info, unix_now())))
+}
+
 /// `POST /api/v1/enroll` (no API token; the enrollment token is in the body): registers the
 /// device and answers 201 with `{device_id, group, hardware_model, enrolled_at,
 /// metadata_url, targets_url, recovery_recipient}` (`recovery_recipient` is the fleet's
-/// backup recovery key, `null` when `[backups] recovery_recipient` is unset).
+/// backup recovery key, `null` when `[backups] recovery_recipient` is unset), and
+/// `backups_write_only` (the device's group or the fleet is write-only: encrypt backups to the
+/// recovery key alone and keep no backup identity).
 #[tracing::instrument(skip_all)]
 pub async fn enroll(
     req: HttpRequest,
@@ -154,6 +272,7 @@ pub async fn enroll(
         group = ?enrolled.group,
         "device enrolled"
     );
+    let write_only = state.backups.write_only_for(enrolled.group.as_deref());
     let info = req.connection_info();
     let base = format!("{}://{}", info.scheme(), info.host());
     Ok(HttpResponse::build(StatusCode::CREATED)
@@ -166,6 +285,7 @@ pub async fn enroll(
             "metadata_url": format!("{base}/repo/metadata/"),
             "targets_url": format!("{base}/repo/targets/"),
             "recovery_recipient": state.backups.recovery_recipient.as_deref().map(str::trim),
+            "backups_write_only": write_only,
         })))
 }
 

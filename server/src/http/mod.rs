@@ -17,7 +17,9 @@ pub mod openapi;
 pub mod releases;
 pub mod restore_requests;
 pub mod rollouts_api;
+pub mod root_api;
 pub mod tokens_api;
+pub mod transfers_api;
 pub mod upload;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, Handler, Responder};
 
@@ -139,6 +142,16 @@ pub const API_ROUTES: &[(&str, &str, Access)] = {
         ),
         (
             "GET",
+            "/api/v1/enrollment-tokens",
+            Access::Roles(fleet_api::ReadEnrollment::ROLES),
+        ),
+        (
+            "DELETE",
+            "/api/v1/enrollment-tokens/{id}",
+            Access::Roles(fleet_api::RevokeEnrollment::ROLES),
+        ),
+        (
+            "GET",
             "/api/v1/devices",
             Access::Roles(auth::ReadDevices::ROLES),
         ),
@@ -181,6 +194,11 @@ pub const API_ROUTES: &[(&str, &str, Access)] = {
             "POST",
             "/api/v1/rollouts/{name}/{version}/abort",
             Access::Roles(rollouts_api::ManageRollouts::ROLES),
+        ),
+        (
+            "PUT",
+            "/api/v1/root",
+            Access::Roles(root_api::RotateRoot::ROLES),
         ),
         (
             "GET",
@@ -255,6 +273,27 @@ pub const API_ROUTES: &[(&str, &str, Access)] = {
             Access::DeviceSignature,
         ),
         (
+            "GET",
+            "/api/v1/devices/{id}/backups/export",
+            Access::Roles(transfers_api::TransferBackups::ROLES),
+        ),
+        (
+            "POST",
+            "/api/v1/devices/{id}/transfers",
+            Access::Roles(transfers_api::TransferBackups::ROLES),
+        ),
+        (
+            "GET",
+            "/api/v1/devices/{id}/transfers",
+            Access::Roles(transfers_api::TransferBackups::ROLES),
+        ),
+        ("GET", "/api/v1/device/transfers", Access::DeviceSignature),
+        (
+            "GET",
+            "/api/v1/device/transfers/{id}",
+            Access::DeviceSignature,
+        ),
+        (
             "POST",
             "/api/v1/backup-maintenance/prune",
             Access::Roles(backups_admin::PruneBackups::ROLES),
@@ -277,6 +316,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// [`configure`], reading backup manifests of up to `max_manifest_bytes` into memory.
 pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_bytes: u64) {
     let manifest_cap = usize::try_from(max_manifest_bytes).unwrap_or(usize::MAX);
+    // First: the router tries resources in order, and each `{...}` pattern it passes costs
+    // a regex match; repository files are most of the traffic.
+    cfg.service(get_head("/repo/metadata/{file}", files::metadata))
+        .service(get_head("/repo/targets/{file}", files::target));
     cfg.configure(crate::console::configure);
     cfg.service(
         web::resource("/api/v1/device/backups/packs/{pack_id}")
@@ -325,6 +368,27 @@ pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_by
             .default_service(web::to(error::method_not_allowed)),
     )
     .service(
+        web::resource("/api/v1/devices/{id}/backups/export")
+            .route(web::get().to(transfers_api::export))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/devices/{id}/transfers")
+            .route(web::post().to(transfers_api::import))
+            .route(web::get().to(transfers_api::list))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/device/transfers")
+            .route(web::get().to(transfers_api::own_list))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/device/transfers/{id}")
+            .route(web::get().to(transfers_api::own_fetch))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
         web::resource("/api/v1/backup-maintenance/prune")
             .route(web::post().to(backups_admin::prune))
             .default_service(web::to(error::method_not_allowed)),
@@ -334,9 +398,7 @@ pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_by
             .route(web::post().to(backups_admin::verify))
             .default_service(web::to(error::method_not_allowed)),
     );
-    cfg.service(get_head("/repo/metadata/{file}", files::metadata))
-        .service(get_head("/repo/targets/{file}", files::target))
-        .app_data(web::PayloadConfig::default().limit(64 * 1024))
+    cfg.app_data(web::PayloadConfig::default().limit(64 * 1024))
         .service(
             web::resource("/api/v1/tokens")
                 .route(web::post().to(tokens_api::create))
@@ -400,6 +462,11 @@ pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_by
                 .default_service(web::to(error::method_not_allowed)),
         )
         .service(
+            web::resource("/api/v1/root")
+                .route(web::put().to(root_api::put_root))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
             web::resource("/api/v1/audit/verify")
                 .route(web::get().to(audit_api::verify))
                 .default_service(web::to(error::method_not_allowed)),
@@ -407,6 +474,12 @@ pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_by
         .service(
             web::resource("/api/v1/enrollment-tokens")
                 .route(web::post().to(fleet_api::create_token))
+                .route(web::get().to(fleet_api::list_tokens))
+                .default_service(web::to(error::method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v1/enrollment-tokens/{id}")
+                .route(web::delete().to(fleet_api::revoke_token))
                 .default_service(web::to(error::method_not_allowed)),
         )
         .service(
@@ -483,6 +556,9 @@ where
 }
 
 /// Logs one line per request: method, path, status, duration. Never headers or bodies.
+/// Repository files answered with success (2xx, 304), the bulk of the traffic (every
+/// terminal polls `timestamp.json`), are logged at debug level, so the info log stays
+/// readable and serving them stays cheap; `/metrics` counts them.
 pub async fn log_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -491,8 +567,31 @@ pub async fn log_request(
     let method = req.method().clone();
     let path: String = req.path().chars().take(256).collect();
     let res = next.call(req).await;
+    log_done(&res, &method, &path, start);
+    res
+}
+
+fn log_done<B>(
+    res: &Result<ServiceResponse<B>, actix_web::Error>,
+    method: &Method,
+    path: &str,
+    start: Instant,
+) {
     let ms = start.elapsed().as_secs_f64() * 1000.0;
-    match &res {
+    match res {
+        Ok(r)
+            if (r.status().is_success() || r.status() == StatusCode::NOT_MODIFIED)
+                && path.starts_with("/repo/") =>
+        {
+            tracing::debug!(
+                target: "otter_server::http",
+                %method,
+                path,
+                status = r.status().as_u16(),
+                ms,
+                "request"
+            )
+        }
         Ok(r) => tracing::info!(
             target: "otter_server::http",
             %method,
@@ -505,5 +604,4 @@ pub async fn log_request(
             tracing::warn!(target: "otter_server::http", %method, path, error = %e, ms, "request failed")
         }
     }
-    res
 }

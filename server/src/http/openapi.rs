@@ -188,6 +188,10 @@ fn described(method: &str, path: &str) -> Described {
             obj(json!({"type": "object", "additionalProperties": false, "properties": {
                 "group": {"type": "string"}, "expires_in_secs": {"type": "integer", "minimum": 1}}})),
             201, None),
+        ("GET", "/api/v1/enrollment-tokens") => d("List enrollment tokens, newest first, with their state (unused, used, expired, revoked); never the tokens", None, 200,
+            obj(json!({"type": "object", "properties": {"enrollment_tokens": {"type": "array", "items": {"type": "object"}}}}))),
+        ("DELETE", "/api/v1/enrollment-tokens/{id}") => d("Revoke an unused enrollment token: enrolling with it is refused from now on (409 if it was used)", None, 200,
+            obj(json!({"type": "object", "properties": {"id": {"type": "integer"}, "revoked_at": {"type": "integer"}, "state": {"type": "string"}}}))),
         ("GET", "/api/v1/devices") => d("List devices; query `group`, `model`, `version` (`V` or `NAME=V`), `search`", None, 200,
             obj(json!({"type": "object", "properties": {"devices": {"type": "array", "items": {"type": "object"}}}}))),
         ("DELETE", "/api/v1/devices/{id}") => d("Revoke a device: its signed requests are refused from now on", None, 200,
@@ -254,6 +258,13 @@ fn described(method: &str, path: &str) -> Described {
         ("POST", "/api/v1/rollouts/{name}/{version}/pause") => d("Pause a rollout (optional body {\"reason\"})", None, 200, None),
         ("POST", "/api/v1/rollouts/{name}/{version}/resume") => d("Resume a paused or halted rollout", None, 200, None),
         ("POST", "/api/v1/rollouts/{name}/{version}/abort") => d("Abort a rollout (optional body {\"reason\"})", None, 200, None),
+        ("PUT", "/api/v1/root") => d(
+            "Publish root version N+1, signed offline (otter-keys root rotate) by a threshold of the current and of the new root keys; the server switches to the online keys it names (installed beforehand with `otter-server keys import`) and re-signs snapshot and timestamp (and targets if its key changed)",
+            Some(("application/json", json!({"description": "TUF root metadata: {\"signed\": {...}, \"signatures\": [...]}", "type": "object"}))),
+            200,
+            obj(json!({"type": "object", "properties": {"root": {"type": "integer"},
+                "rotated_roles": {"type": "array", "items": {"type": "string"}}, "versions": versions_schema()}})),
+        ),
         ("GET", "/api/v1/audit") => d("Read the hash-chained audit log; query `after`, `limit`", None, 200, None),
         ("GET", "/api/v1/audit/verify") => d("Verify the whole audit chain", None, 200, None),
         ("PUT", "/api/v1/device/backups/packs/{pack_id}") => d(
@@ -286,6 +297,20 @@ fn described(method: &str, path: &str) -> Described {
         ("POST", "/api/v1/backup-maintenance/verify") => d(
             "Verify backups without any key: chain, signatures, countersignatures, every pack re-hashed from the store; query `device`",
             None, 200, None),
+        ("GET", "/api/v1/devices/{id}/backups/export") => d(
+            "The device's stored backup, ciphertext only, as a tar (manifests/SEQ, packs/ID: what `otter-keys backup reencrypt --from` reads); audited",
+            None, 200, Some(("application/x-tar", json!({"type": "string"})))),
+        ("POST", "/api/v1/devices/{id}/transfers") => d(
+            "Import a transfer for the device: a tar of the directory `otter-keys backup reencrypt` wrote, checked without a key, stored (ciphertext only) and audited",
+            Some(("application/x-tar", json!({"type": "string"}))), 201,
+            obj(json!({"type": "object", "properties": {"transfer": {"type": "object"}}}))),
+        ("GET", "/api/v1/devices/{id}/transfers") => d("The device's imported transfers, newest first", None, 200,
+            obj(json!({"type": "object", "properties": {"transfers": {"type": "array", "items": {"type": "object"}}}}))),
+        ("GET", "/api/v1/device/transfers") => d("This device's transfers, newest first", None, 200,
+            obj(json!({"type": "object", "properties": {"transfers": {"type": "array", "items": {"type": "object"}}}}))),
+        ("GET", "/api/v1/device/transfers/{id}") => d(
+            "One of this device's transfers (`latest`: the newest) as a tar, for `otter-agent restore --from-server-transfer`; audited",
+            None, 200, Some(("application/x-tar", json!({"type": "string"})))),
         _ => d("", None, 200, None),
     }
 }
@@ -351,7 +376,10 @@ fn error_responses(access: Option<Access>) -> Map<String, Value> {
             );
         }
         Some(Access::EnrollmentToken) => {
-            m.insert("401".into(), e("Unknown, used or expired enrollment token"));
+            m.insert(
+                "401".into(),
+                e("Unknown, used, expired or revoked enrollment token"),
+            );
         }
         None => {}
     }

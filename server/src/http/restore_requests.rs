@@ -120,7 +120,8 @@ pub async fn list(
         .json(json!({ "requests": found })))
 }
 
-/// `GET /api/v1/device/restore-requests` (signed by the device): its pending requests.
+/// `GET /api/v1/device/restore-requests` (signed by the device): its pending requests, each
+/// marked delivered on its first fetch.
 pub async fn pending(
     device: SignedDevice,
     state: web::Data<AppState>,
@@ -128,7 +129,10 @@ pub async fn pending(
     let id = device.device_id.clone();
     let found = state
         .db
-        .call(move |c| Ok(requests::list(c, &id, true)))
+        .call(move |c| {
+            Ok(requests::mark_delivered(c, &id, unix_now())
+                .and_then(|()| requests::list(c, &id, true)))
+        })
         .await
         .map_err(db_err)?
         .map_err(req_err)?;

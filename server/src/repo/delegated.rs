@@ -604,7 +604,7 @@ impl Repository {
             &state,
             Some(&edit),
             &edit_meta,
-            &self.keys,
+            &self.keys(),
             now,
             &self.lifetimes,
         )
@@ -686,7 +686,7 @@ impl Repository {
             &state,
             Some(&edit),
             &edit_meta,
-            &self.keys,
+            &self.keys(),
             now,
             &self.lifetimes,
         )
@@ -862,7 +862,7 @@ impl Repository {
             m.insert(meta_key.clone(), entry.clone());
         };
         let (next, changed) =
-            next_state(&state, None, &edit_meta, &self.keys, now, &self.lifetimes)
+            next_state(&state, None, &edit_meta, &self.keys(), now, &self.lifetimes)
                 .map_err(super::metadata_err("signing the new snapshot"))?;
         build::verify_state(&next).map_err(RepoError::Inconsistent)?;
         // The file first: nothing names it until the snapshot is committed and written.

@@ -90,11 +90,16 @@ pub fn generate_and_save(dir: &Path) -> Result<DevKeys, RepoError> {
     Ok(keys)
 }
 
-/// Opens the online keys of a development repository. Blocking.
-pub fn load_online_keys(dir: &Path) -> Result<OnlineKeys, RepoError> {
+/// The passphrase of a development repository's key files, from the file beside them.
+pub fn passphrase(dir: &Path) -> Result<SecretString, RepoError> {
     let pass_path = dir.join(PASSPHRASE_FILE);
     let text = Zeroizing::new(std::fs::read_to_string(&pass_path).map_err(io_err(&pass_path))?);
-    let secret = SecretString::from(text.trim().to_string());
+    Ok(SecretString::from(text.trim().to_string()))
+}
+
+/// Opens the online keys of a development repository. Blocking.
+pub fn load_online_keys(dir: &Path) -> Result<OnlineKeys, RepoError> {
+    let secret = passphrase(dir)?;
     let load = |role: &str| -> Result<SigningKey, RepoError> {
         Ok(load_signing_key(&key_path(dir, role), &secret)?.key)
     };

@@ -14,9 +14,11 @@ pub mod names;
 pub mod production;
 mod records;
 pub mod release;
+pub mod rotation;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use otter_keys::crypto::KeyId;
 use otter_keys::keyfile::KeyFileError;
@@ -167,7 +169,10 @@ fn versions_of(s: &RepoState) -> Versions {
 pub struct Repository {
     db: Db,
     store: Store,
-    keys: OnlineKeys,
+    /// The online keys; replaced whole (under the state lock) when a new root takes effect.
+    keys: rotation::KeysHandle,
+    /// Where the online key files are and their passphrase (for rotations).
+    key_source: Arc<rotation::KeySource>,
     lifetimes: Lifetimes,
     mode: RepoMode,
     /// Which deltas a publish builds (`[deltas]`).
@@ -189,43 +194,33 @@ impl Repository {
         let lifetimes = Lifetimes::from(&config.repository);
         let keys_dir = config.keys_dir();
         let mode = db.call(|c| records::mode(c)).await?;
-        let (state, keys, created, mode) = match mode.as_deref() {
-            None => {
-                refuse_foreign_repository(&store).await?;
-                let (state, keys, created) = init_development(&db, keys_dir, &lifetimes).await?;
-                (state, keys, Some(created), RepoMode::Development)
-            }
-            Some("development") => {
-                let state = load_state(&db).await?;
-                let dir = keys_dir.clone();
-                let keys = blocking(move || dev::load_online_keys(&dir)).await?;
-                build::check_online_keys(state.root.signed(), &keys)
-                    .map_err(RepoError::Inconsistent)?;
-                (state, keys, None, RepoMode::Development)
-            }
-            Some("production") => {
-                let state = load_state(&db).await?;
-                let pass = production::passphrase(config)?;
-                let dir = keys_dir.clone();
-                let keys = blocking(move || production::load_online_keys(&dir, &pass)).await?;
-                build::check_online_keys(state.root.signed(), &keys).map_err(|e| {
-                    RepoError::Setup(format!(
-                        "{e}; the key files in {} do not belong to this repository",
-                        keys_dir.display()
-                    ))
-                })?;
-                (state, keys, None, RepoMode::Production)
-            }
+        let mode = match mode.as_deref() {
+            None => None,
+            Some("development") => Some(RepoMode::Development),
+            Some("production") => Some(RepoMode::Production),
             Some(other) => {
                 return Err(RepoError::Unsupported(format!(
                 "the data dir holds a {other} repository, which this otter-server cannot serve yet"
             )))
             }
         };
+        let (state, keys, created, mode) = match mode {
+            None => {
+                refuse_foreign_repository(&store).await?;
+                let (state, keys, created) = init_development(&db, keys_dir, &lifetimes).await?;
+                (state, keys, Some(created), RepoMode::Development)
+            }
+            Some(mode) => {
+                let (state, keys) = open_existing(config, &db, &store, mode, &lifetimes).await?;
+                (state, keys, None, mode)
+            }
+        };
+        let key_source = Arc::new(rotation::KeySource::for_mode(mode, config)?);
         let repo = Repository {
             db,
             store,
-            keys,
+            keys: std::sync::RwLock::new(Arc::new(keys)),
+            key_source,
             lifetimes,
             mode,
             deltas: config.deltas.clone(),
@@ -238,6 +233,22 @@ impl Repository {
         }
         repo.refresh(UtcTime::now()).await?;
         Ok((repo, created))
+    }
+
+    /// The online keys signing now.
+    fn keys(&self) -> Arc<OnlineKeys> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Switches to other online keys (call it holding the state lock).
+    fn swap_keys(&self, keys: OnlineKeys) {
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
     }
 
     /// How the keys are held.
@@ -319,7 +330,7 @@ impl Repository {
         if plan == Plan::default() {
             return Ok(None);
         }
-        let (next, changed) = build::resign(&state, plan, &self.keys, now, &self.lifetimes)
+        let (next, changed) = build::resign(&state, plan, &self.keys(), now, &self.lifetimes)
             .map_err(metadata_err("re-signing metadata"))?;
         build::verify_state(&next).map_err(RepoError::Inconsistent)?;
         // The database decides (from its commit on, these versions exist); the store
@@ -336,6 +347,12 @@ impl Repository {
             self.store
                 .put(&metadata_key(&r.file_name()), r.bytes.clone())
                 .await?;
+            if r.role == TopRole::Root {
+                // The unversioned copy some clients start from; the timestamp still last.
+                self.store
+                    .put(&metadata_key("root.json"), r.bytes.clone())
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -439,6 +456,50 @@ async fn init_development(
         keys_dir,
     };
     Ok((state, keys.online, created))
+}
+
+/// Opens an existing repository: its state from the database, checked against the store
+/// (a store ahead of the database means an older database copy: refused, or with
+/// `resume_above_store` re-signed above the store's versions), and the online keys its
+/// root names.
+async fn open_existing(
+    config: &Config,
+    db: &Db,
+    store: &Store,
+    mode: RepoMode,
+    lifetimes: &Lifetimes,
+) -> Result<(RepoState, OnlineKeys), RepoError> {
+    let state = load_state(db).await?;
+    let in_store = rotation::store_versions(store).await?;
+    let ahead = rotation::store_ahead(&versions_of(&state), &in_store);
+    let source = rotation::KeySource::for_mode(mode, config)?;
+    if ahead.is_empty() || !config.resume_above_store {
+        // Missing keys are named first: they are the plainer mistake in a restore.
+        let root = state.root.signed().clone();
+        let keys = blocking(move || rotation::load_online_keys(&source, &root)).await?;
+        build::check_online_keys(state.root.signed(), &keys).map_err(RepoError::Inconsistent)?;
+        if !ahead.is_empty() {
+            return Err(rotation::stale_refusal(&ahead));
+        }
+        return Ok((state, keys));
+    }
+    let roots = rotation::store_roots_after(store, &state.root, in_store.root).await?;
+    let root = roots.last().unwrap_or(&state.root).signed().clone();
+    let keys = blocking(move || rotation::load_online_keys(&source, &root)).await?;
+    build::check_online_keys(roots.last().unwrap_or(&state.root).signed(), &keys)
+        .map_err(RepoError::Inconsistent)?;
+    let now = UtcTime::now();
+    let (next, records) = rotation::resign_above(&state, roots, &in_store, &keys, now, lifetimes)?;
+    rotation::commit_resume(db, records, &keys, &ahead, now).await?;
+    tracing::warn!(
+        targets = next.targets.version(),
+        snapshot = next.snapshot.version(),
+        timestamp = next.timestamp.version(),
+        root = next.root.version(),
+        "the store was ahead of the database: re-signed the database's state above it \
+         (--resume-above-store)"
+    );
+    Ok((next, keys))
 }
 
 /// Reads the latest version of each role back from the database and checks the state.

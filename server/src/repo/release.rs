@@ -152,7 +152,7 @@ impl Repository {
                     t.targets.insert(d.name.clone(), d.entry.clone());
                 }
             },
-            &self.keys,
+            &self.keys(),
             now,
             &self.lifetimes,
         )
@@ -278,7 +278,7 @@ impl Repository {
                 t.targets.remove(&target);
                 super::deltas::remove_touching(t, &target);
             },
-            &self.keys,
+            &self.keys(),
             now,
             &self.lifetimes,
         )
@@ -345,7 +345,7 @@ impl Repository {
                     custom.insert("rollout".into(), rollout);
                 }
             },
-            &self.keys,
+            &self.keys(),
             now,
             &self.lifetimes,
         )

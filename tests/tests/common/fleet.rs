@@ -1,11 +1,35 @@
 //! A small fleet for end-to-end tests: a real `otter-server serve` with a config file,
 //! API tokens, bundles of one component, and terminals enrolled with `otter-agent enroll`,
 //! each with its own state dir, install root and agent config.
+//!
+//! Everything lives in one temporary dir, laid out as
+//!
+//! ```text
+//! TMP/server.toml  server.log  server-data/  publisher.token  image-root.json
+//! TMP/NAME/state/  NAME/opt-otter/  NAME/agent.toml        (one per enrolled terminal)
+//! ```
+//!
+//! Typical use (`mod common; #[path = "common/fleet.rs"] mod fleet;` at the top of the test):
+//!
+//! ```text
+//! let fleet = Fleet::builder()
+//!     .recovery_key()                                   // [backups] recovery_recipient
+//!     .server_toml("[backups.retention]\nkeep_last = 2\n")
+//!     .start();                                         // or Fleet::start(TOML)
+//! let t = fleet.enroll("terminal");
+//! t.append_config("[backup]\ndatabase = \"...\"\n");
+//! fleet.publish("1.0.0", &bundle("1.0.0", b"app", &["/bin/true"]), &[]);
+//! assert!(t.agent(&["update"]).status.success());
+//! ```
+//!
+//! The server is stopped (SIGTERM, then SIGKILL) when the [`Fleet`] is dropped, before its
+//! temporary dir is removed.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use otter_keys::age::x25519::Identity;
 use serde_json::Value;
 
 use crate::common::{command, show, ServerGuard};
@@ -14,6 +38,10 @@ use crate::common::{command, show, ServerGuard};
 pub const MODEL: &str = "pos-a";
 /// The component every bundle installs.
 pub const COMPONENT: &str = "pos-app";
+/// The agent config sections [`Fleet::enroll`] writes after `state_dir` and `install_root`:
+/// no jitter, two download attempts, a 20 s health check deadline.
+pub const AGENT_SECTIONS: &str =
+    "[update]\njitter_secs = 0\ndownload_attempts = 2\n[apply]\nhealth_timeout_secs = 20\n";
 
 /// A bundle of `COMPONENT` at `version`: one payload file and a health command.
 pub fn bundle(version: &str, payload: &[u8], health: &[&str]) -> Vec<u8> {
@@ -39,49 +67,155 @@ pub fn bundle(version: &str, payload: &[u8], health: &[&str]) -> Vec<u8> {
 
 /// The server, its data dir and a publisher token file.
 pub struct Fleet {
+    /// The running server. Declared first so that it is stopped before `tmp` is removed.
+    pub server: ServerGuard,
     /// Everything lives here.
     pub tmp: tempfile::TempDir,
-    /// The running server.
-    pub server: ServerGuard,
-    /// Its data dir.
+    /// Its data dir (`TMP/server-data`).
     pub data: PathBuf,
-    /// A publisher token, in a file.
+    /// A publisher token, in a file (`TMP/publisher.token`).
     pub publisher: PathBuf,
+    /// The same publisher token, for `OTTER_TOKEN`.
+    pub publisher_token: String,
+    /// The server's config file (`TMP/server.toml`).
+    pub config: PathBuf,
+    /// The server's log (its stderr): `TMP/server.log`, or the one [`Fleet::restart`] named.
+    pub log: PathBuf,
+    /// The fleet recovery identity, with [`FleetBuilder::recovery_key`].
+    pub recovery: Option<Identity>,
+    /// Extra environment of the server process ([`FleetBuilder::server_env`]).
+    env: Vec<(String, String)>,
+}
+
+/// How to start a [`Fleet`]: [`Fleet::builder`], a few choices, then [`FleetBuilder::start`].
+#[derive(Default)]
+pub struct FleetBuilder {
+    tmp: Option<tempfile::TempDir>,
+    server_toml: String,
+    recovery: bool,
+    env: Vec<(String, String)>,
+}
+
+impl FleetBuilder {
+    /// Adds `toml` to the server's config file. It comes after the `[backups]` table that
+    /// [`FleetBuilder::recovery_key`] writes, so it must not open `[backups]` again
+    /// (sub-tables such as `[backups.retention]` are fine).
+    pub fn server_toml(mut self, toml: &str) -> Self {
+        self.server_toml.push_str(toml);
+        self
+    }
+
+    /// Gives the fleet a recovery key: a new age identity (in [`Fleet::recovery`]) whose
+    /// public half is the server's `[backups] recovery_recipient`.
+    pub fn recovery_key(mut self) -> Self {
+        self.recovery = true;
+        self
+    }
+
+    /// Sets `key=value` in the server's environment (also after [`Fleet::restart`]), e.g.
+    /// `OTTER_LOG` for a log level. The caller's own `OTTER_*` variables never reach it.
+    pub fn server_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Uses `tmp` instead of a new temporary dir, for files that the server's config names
+    /// and that must exist before it starts (e.g. a webhook secret).
+    pub fn in_dir(mut self, tmp: tempfile::TempDir) -> Self {
+        self.tmp = Some(tmp);
+        self
+    }
+
+    /// Writes the config, starts the server and creates the publisher token.
+    pub fn start(self) -> Fleet {
+        let tmp = match self.tmp {
+            Some(t) => t,
+            None => tempfile::tempdir().unwrap(),
+        };
+        let recovery = self.recovery.then(Identity::generate);
+        let mut toml = String::new();
+        if let Some(r) = &recovery {
+            toml.push_str(&format!(
+                "[backups]\nrecovery_recipient = \"{}\"\n",
+                r.to_public()
+            ));
+        }
+        toml.push_str(&self.server_toml);
+        let data = tmp.path().join("server-data");
+        let config = tmp.path().join("server.toml");
+        std::fs::write(&config, toml).unwrap();
+        let log = tmp.path().join("server.log");
+        let server = ServerGuard::start_env(
+            &data,
+            &["--config".as_ref(), config.as_os_str()],
+            &self.env,
+            &log,
+        );
+        let mut f = Fleet {
+            server,
+            publisher: tmp.path().join("publisher.token"),
+            publisher_token: String::new(),
+            tmp,
+            data,
+            config,
+            log,
+            recovery,
+            env: self.env,
+        };
+        f.publisher_token = f.token("publisher");
+        std::fs::write(&f.publisher, format!("{}\n", f.publisher_token)).unwrap();
+        f
+    }
 }
 
 /// One enrolled terminal.
 pub struct Terminal {
-    /// Its state dir.
+    /// Its own dir, `TMP/NAME`: a place for its database and extra config files.
+    pub dir: PathBuf,
+    /// Its state dir (`TMP/NAME/state`).
     pub state: PathBuf,
-    /// Its install root.
+    /// Its install root (`TMP/NAME/opt-otter`).
     pub root: PathBuf,
-    /// Its agent config file.
+    /// Its agent config file (`TMP/NAME/agent.toml`).
     pub config: PathBuf,
     /// Its device id.
     pub device_id: String,
 }
 
 impl Fleet {
+    /// A builder for a fleet with more than a config file (see [`FleetBuilder`]).
+    pub fn builder() -> FleetBuilder {
+        FleetBuilder::default()
+    }
+
     /// Starts the server with `server_toml` as its config file.
     pub fn start(server_toml: &str) -> Fleet {
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("server-data");
-        let cfg = tmp.path().join("server.toml");
-        std::fs::write(&cfg, server_toml).unwrap();
-        let server = ServerGuard::start(
-            &data,
-            &["--config".as_ref(), cfg.as_os_str()],
-            &tmp.path().join("server.log"),
+        Fleet::builder().server_toml(server_toml).start()
+    }
+
+    /// The server's URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    /// The recovery identity; panics if the fleet was started without one.
+    pub fn recovery(&self) -> &Identity {
+        self.recovery
+            .as_ref()
+            .expect("the fleet has no recovery key: start it with .recovery_key()")
+    }
+
+    /// Stops the server if it still runs and starts it again on the same data dir and
+    /// config, on a new port (`self.server.url` changes), its log in `TMP/LOG_NAME`.
+    pub fn restart(&mut self, log_name: &str) {
+        self.server.stop();
+        self.log = self.tmp.path().join(log_name);
+        self.server = ServerGuard::start_env(
+            &self.data,
+            &["--config".as_ref(), self.config.as_os_str()],
+            &self.env,
+            &self.log,
         );
-        let f = Fleet {
-            publisher: tmp.path().join("publisher.token"),
-            tmp,
-            server,
-            data,
-        };
-        let t = f.token("publisher");
-        std::fs::write(&f.publisher, format!("{t}\n")).unwrap();
-        f
     }
 
     /// `otter-server ARGS --data-dir DATA`, which must succeed; its trimmed stdout.
@@ -124,7 +258,9 @@ impl Fleet {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// Enrolls a terminal called `name`.
+    /// Enrolls a terminal called `name` (model [`MODEL`], a one-hour enrollment token, the
+    /// server's first root pinned) with `otter-agent enroll`, which must succeed, and writes
+    /// its agent config with [`AGENT_SECTIONS`].
     pub fn enroll(&self, name: &str) -> Terminal {
         let enroll_token = self.admin(&["enroll-token", "create", "--expires-in", "1h"]);
         let root_file = self.tmp.path().join("image-root.json");
@@ -133,8 +269,8 @@ impl Fleet {
             &root_file,
         )
         .unwrap();
-        let base = self.tmp.path().join(name);
-        let state = base.join("state");
+        let dir = self.tmp.path().join(name);
+        let state = dir.join("state");
         let out = command("otter-agent")
             .args(["enroll", "--server", &self.server.url, "--model", MODEL])
             .env("OTTER_ENROLL_TOKEN", &enroll_token)
@@ -147,35 +283,41 @@ impl Fleet {
         assert!(out.status.success(), "{}", show(&out));
         let agent: Value =
             serde_json::from_slice(&std::fs::read(state.join("agent.json")).unwrap()).unwrap();
-        let root = base.join("opt-otter");
-        let config = base.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = {:?}\ninstall_root = {:?}\n[update]\njitter_secs = 0\ndownload_attempts = 2\n[apply]\nhealth_timeout_secs = 20\n",
-                state.to_str().unwrap(),
-                root.to_str().unwrap()
-            ),
-        )
-        .unwrap();
-        Terminal {
-            state,
-            root,
-            config,
+        let t = Terminal {
+            root: dir.join("opt-otter"),
+            config: dir.join("agent.toml"),
             device_id: agent["device_id"].as_str().unwrap().to_owned(),
-        }
+            state,
+            dir,
+        };
+        t.write_config("agent.toml", AGENT_SECTIONS);
+        t
+    }
+
+    /// The device inventory (`otter-server devices list --json`).
+    pub fn devices(&self) -> Vec<Value> {
+        let list: Value =
+            serde_json::from_str(&self.admin(&["devices", "list", "--json"])).unwrap();
+        list.as_array().unwrap().clone()
     }
 
     /// The inventory entry of `device_id`.
     pub fn device(&self, device_id: &str) -> Value {
-        let list: Value =
-            serde_json::from_str(&self.admin(&["devices", "list", "--json"])).unwrap();
-        list.as_array()
-            .unwrap()
-            .iter()
+        let list = self.devices();
+        list.iter()
             .find(|d| d["device_id"] == device_id)
             .cloned()
-            .unwrap_or_else(|| panic!("{device_id} not in {list}"))
+            .unwrap_or_else(|| panic!("{device_id} not in {list:?}"))
+    }
+
+    /// The backup catalog (`otter-server backups list --json`), of one device or all.
+    pub fn backups(&self, device: Option<&str>) -> Vec<Value> {
+        let mut args = vec!["backups", "list", "--json"];
+        if let Some(d) = device {
+            args.extend(["--device", d]);
+        }
+        let list: Value = serde_json::from_str(&self.admin(&args)).unwrap();
+        list.as_array().unwrap().clone()
     }
 
     /// A GET of the API with `token`: status and JSON body.
@@ -209,12 +351,42 @@ impl Fleet {
 impl Terminal {
     /// `otter-agent ARGS --config CONFIG`.
     pub fn agent(&self, args: &[&str]) -> Output {
+        self.agent_with(&self.config, args)
+    }
+
+    /// `otter-agent ARGS --config CONFIG` with another config file (see
+    /// [`Terminal::write_config`]).
+    pub fn agent_with(&self, config: &Path, args: &[&str]) -> Output {
         command("otter-agent")
             .args(args)
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .output()
             .unwrap()
+    }
+
+    /// Writes an agent config `DIR/FILE_NAME` for this terminal: its `state_dir` and
+    /// `install_root`, then `sections` (TOML). `"agent.toml"` replaces its config.
+    pub fn write_config(&self, file_name: &str, sections: &str) -> PathBuf {
+        let path = self.dir.join(file_name);
+        std::fs::create_dir_all(&self.dir).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = {:?}\ninstall_root = {:?}\n{sections}",
+                self.state.to_str().unwrap(),
+                self.root.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Appends `toml` (whole sections) to its config file.
+    pub fn append_config(&self, toml: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(toml);
+        std::fs::write(&self.config, text).unwrap();
     }
 
     /// The active version of `COMPONENT`, if any.

@@ -1,0 +1,553 @@
+//! Backup transfers through the server: a device's backup exported as ciphertext (what
+//! `otter-keys backup reencrypt` reads), and a transfer (what it writes: another device's
+//! backup re-encrypted with the fleet recovery key) imported for a device, checked without
+//! any key, stored at `transfers/{device}/{transfer_id}/{path}` and catalogued in
+//! `backup_transfers`; the device fetches it with signed requests and restores it with the
+//! checks of `otter-agent restore --from-transfer`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use otter_keys::envelope::SignedManifest;
+use rusqlite::{Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+/// Schema of the transfer catalog (database migration 14).
+pub const SCHEMA: &str = r#"
+-- Transfers imported for a device: files (a JSON array of [path, length]) are stored at
+-- transfers/{device_id}/{transfer_id}/{path}; the row is written after every object.
+CREATE TABLE backup_transfers (
+    transfer_id        TEXT    PRIMARY KEY,
+    device_id          TEXT    NOT NULL,
+    source_device_id   TEXT    NOT NULL,
+    source_public_key  TEXT    NOT NULL,
+    files              TEXT    NOT NULL,
+    manifests          INTEGER NOT NULL,
+    packs              INTEGER NOT NULL,
+    bytes              INTEGER NOT NULL,
+    created_by         TEXT    NOT NULL,
+    created_at         INTEGER NOT NULL,
+    fetched_at         INTEGER
+) STRICT;
+CREATE INDEX backup_transfers_device ON backup_transfers (device_id, created_at);
+"#;
+
+/// Most files a transfer may hold.
+pub const MAX_TRANSFER_FILES: usize = 200_000;
+/// Largest `transfer.json`.
+const MAX_DESCRIPTION: u64 = 64 * 1024;
+
+/// Why a transfer was refused or the catalog failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The upload is not a valid transfer (layout, description, manifests).
+    #[error("not a valid backup transfer (the output of `otter-keys backup reencrypt`): {0}")]
+    Invalid(String),
+    /// Reading or unpacking the upload failed.
+    #[error("unpacking the transfer failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored value could not be read back.
+    #[error("the transfer catalog holds an unreadable value: {0}")]
+    Corrupt(String),
+}
+
+fn invalid(m: impl Into<String>) -> TransferError {
+    TransferError::Invalid(m.into())
+}
+
+/// `transfer.json`, as `otter-keys backup reencrypt` writes it (other fields are ignored).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Description {
+    /// Layout version, 1.
+    pub format: u32,
+    /// The device whose backup this is.
+    pub device_id: String,
+    /// Its ed25519 public key, hex: the manifests are signed with it.
+    pub device_public_key: String,
+}
+
+/// What one file of a transfer is, by its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Description,
+    Manifest { device: String, sequence: u64 },
+    Body { device: String, sequence: u64 },
+    Pack,
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn sequence_file(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+        .filter(|s| *s >= 1)
+}
+
+/// Classifies a path inside a transfer; `None` for anything outside the layout.
+fn classify(path: &str) -> Option<Entry> {
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        ["transfer.json"] => Some(Entry::Description),
+        ["manifests", device, file] if otter_keys::request::check_device_id(device).is_ok() => {
+            sequence_file(file, ".manifest").map(|sequence| Entry::Manifest {
+                device: (*device).to_owned(),
+                sequence,
+            })
+        }
+        ["reencrypted", device, file] if otter_keys::request::check_device_id(device).is_ok() => {
+            sequence_file(file, ".body").map(|sequence| Entry::Body {
+                device: (*device).to_owned(),
+                sequence,
+            })
+        }
+        ["packs", prefix, id] if is_hex(prefix, 2) && is_hex(id, 64) && id.starts_with(prefix) => {
+            Some(Entry::Pack)
+        }
+        _ => None,
+    }
+}
+
+/// A transfer unpacked into a private directory and checked without any key.
+#[derive(Debug)]
+pub struct Unpacked {
+    /// The directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// Its description.
+    pub description: Description,
+    /// Every file: path inside the transfer and length.
+    pub files: Vec<(String, u64)>,
+    /// Manifests in it.
+    pub manifests: usize,
+    /// Packs in it.
+    pub packs: usize,
+}
+
+impl Unpacked {
+    /// The file of `path` (one of [`Unpacked::files`]).
+    pub fn file(&self, path: &str) -> PathBuf {
+        self.dir.path().join(path)
+    }
+
+    /// Bytes of all files.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Unpacks the tar at `tar_file` into a new private directory under `work`, refusing
+/// anything but the transfer layout (`transfer.json`, `manifests/DEVICE/SEQ.manifest`,
+/// `reencrypted/DEVICE/SEQ.body`, `packs/AB/ABCD…`: regular files only, no duplicates), then
+/// checks it without a key: one device throughout, the one `transfer.json` names; every
+/// manifest is that device's, under its own sequence, signed with the key `transfer.json`
+/// names, with its re-encrypted body, and every pack its header names is present.
+pub fn unpack_checked(
+    tar_file: &Path,
+    work: &Path,
+    max_manifest_bytes: usize,
+) -> Result<Unpacked, TransferError> {
+    crate::store::create_dir_private(work)?;
+    let dir = tempfile::Builder::new()
+        .prefix("transfer-")
+        .tempdir_in(work)?;
+    let mut archive = tar::Archive::new(std::fs::File::open(tar_file)?);
+    let mut files: BTreeMap<String, (Entry, u64)> = BTreeMap::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        let raw = entry.path_bytes().into_owned();
+        let path = std::str::from_utf8(&raw)
+            .map_err(|_| invalid("a file name is not UTF-8"))?
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(invalid(format!("{path:?} is not a regular file")));
+        }
+        let what = classify(&path).ok_or_else(|| {
+            invalid(format!(
+                "{:?} is not part of a transfer's layout",
+                path.chars().take(120).collect::<String>()
+            ))
+        })?;
+        if files.len() >= MAX_TRANSFER_FILES {
+            return Err(invalid(format!("more than {MAX_TRANSFER_FILES} files")));
+        }
+        if what == Entry::Description && entry.size() > MAX_DESCRIPTION {
+            return Err(invalid("transfer.json is too large"));
+        }
+        let target = dir.path().join(&path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => invalid(format!("{path:?} appears twice")),
+                _ => TransferError::Io(e),
+            })?;
+        let length = std::io::copy(&mut entry, &mut out)?;
+        out.sync_all()?;
+        files.insert(path, (what, length));
+    }
+    let text = std::fs::read(dir.path().join("transfer.json"))
+        .map_err(|_| invalid("transfer.json is missing"))?;
+    let description: Description =
+        serde_json::from_slice(&text).map_err(|e| invalid(format!("transfer.json: {e}")))?;
+    if description.format != 1 {
+        return Err(invalid(format!(
+            "transfer.json: unknown format {}",
+            description.format
+        )));
+    }
+    let source = description.device_id.clone();
+    otter_keys::request::check_device_id(&source)
+        .map_err(|_| invalid("transfer.json: device_id is not a device id"))?;
+    let key = otter_keys::request::parse_device_public_key(&description.device_public_key)
+        .map_err(|_| invalid("transfer.json: device_public_key is not an ed25519 key"))?;
+    let mut manifests = BTreeSet::new();
+    let mut bodies = BTreeSet::new();
+    let mut packs = BTreeSet::new();
+    for (path, (what, _)) in &files {
+        match what {
+            Entry::Manifest { device, sequence } | Entry::Body { device, sequence }
+                if device != &source =>
+            {
+                return Err(invalid(format!(
+                    "{path} is of device {device}, but transfer.json names {source} (#{sequence})"
+                )));
+            }
+            Entry::Manifest { sequence, .. } => {
+                manifests.insert(*sequence);
+            }
+            Entry::Body { sequence, .. } => {
+                bodies.insert(*sequence);
+            }
+            Entry::Pack => {
+                packs.insert(path.rsplit('/').next().unwrap_or_default().to_owned());
+            }
+            Entry::Description => {}
+        }
+    }
+    if manifests.is_empty() {
+        return Err(invalid("it holds no manifest"));
+    }
+    if manifests != bodies {
+        return Err(invalid(
+            "the manifests and the re-encrypted bodies do not match one to one",
+        ));
+    }
+    for seq in &manifests {
+        let path = format!("manifests/{source}/{seq:020}.manifest");
+        let bytes = std::fs::read(dir.path().join(&path))?;
+        let m = SignedManifest::from_bytes(&bytes, max_manifest_bytes)
+            .map_err(|e| invalid(format!("{path}: {e}")))?;
+        if m.header.device_id != source || m.header.sequence != *seq {
+            return Err(invalid(format!(
+                "{path} holds manifest #{} of device {}",
+                m.header.sequence, m.header.device_id
+            )));
+        }
+        m.verify_signature(&key).map_err(|e| {
+            invalid(format!(
+                "{path} is not signed by the key transfer.json names: {e}"
+            ))
+        })?;
+        if let Some(p) = m
+            .header
+            .packs
+            .iter()
+            .find(|p| !packs.contains(&p.id.to_string()))
+        {
+            return Err(invalid(format!("pack {} of {path} is missing", p.id)));
+        }
+    }
+    Ok(Unpacked {
+        dir,
+        description,
+        files: files.into_iter().map(|(p, (_, n))| (p, n)).collect(),
+        manifests: manifests.len(),
+        packs: packs.len(),
+    })
+}
+
+/// The store key of a transfer's file.
+pub fn object_key(device_id: &str, transfer_id: &str, path: &str) -> String {
+    format!("transfers/{device_id}/{transfer_id}/{path}")
+}
+
+/// A catalogued transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransferRecord {
+    /// Its id (32 hex digits).
+    pub id: String,
+    /// The device it is for.
+    pub device_id: String,
+    /// The device whose backup it is.
+    pub source_device_id: String,
+    /// That device's public key, which signed the manifests.
+    pub source_public_key: String,
+    /// Manifests in it.
+    pub manifests: u64,
+    /// Packs in it.
+    pub packs: u64,
+    /// Bytes of all its files.
+    pub bytes: u64,
+    /// Who imported it (audit actor).
+    pub created_by: String,
+    /// When, Unix seconds.
+    pub created_at: i64,
+    /// When the device first fetched it.
+    pub fetched_at: Option<i64>,
+    /// Its files: path and length.
+    #[serde(skip)]
+    pub files: Vec<(String, u64)>,
+}
+
+const COLUMNS: &str = "transfer_id, device_id, source_device_id, source_public_key, files, \
+                       manifests, packs, bytes, created_by, created_at, fetched_at";
+
+fn row(r: &rusqlite::Row) -> rusqlite::Result<(TransferRecord, String)> {
+    Ok((
+        TransferRecord {
+            id: r.get(0)?,
+            device_id: r.get(1)?,
+            source_device_id: r.get(2)?,
+            source_public_key: r.get(3)?,
+            files: Vec::new(),
+            manifests: r.get::<_, i64>(5)?.try_into().unwrap_or(0),
+            packs: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
+            bytes: r.get::<_, i64>(7)?.try_into().unwrap_or(0),
+            created_by: r.get(8)?,
+            created_at: r.get(9)?,
+            fetched_at: r.get(10)?,
+        },
+        r.get(4)?,
+    ))
+}
+
+fn finish((mut t, files): (TransferRecord, String)) -> Result<TransferRecord, TransferError> {
+    t.files = serde_json::from_str(&files)
+        .map_err(|e| TransferError::Corrupt(format!("transfer {}: files: {e}", t.id)))?;
+    Ok(t)
+}
+
+/// Catalogues a transfer whose files are stored, and audits it, in one transaction.
+pub fn insert(
+    conn: &mut Connection,
+    actor: &crate::audit::Actor,
+    t: &TransferRecord,
+) -> Result<(), TransferError> {
+    let files =
+        serde_json::to_string(&t.files).map_err(|e| TransferError::Corrupt(e.to_string()))?;
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let tx = conn.transaction()?;
+    tx.execute(
+        &format!("INSERT INTO backup_transfers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)"),
+        rusqlite::params![
+            t.id,
+            t.device_id,
+            t.source_device_id,
+            t.source_public_key,
+            files,
+            n(t.manifests),
+            n(t.packs),
+            n(t.bytes),
+            t.created_by,
+            t.created_at
+        ],
+    )?;
+    audit(
+        &tx,
+        actor,
+        "backup.transfer_import",
+        &t.device_id,
+        &serde_json::json!({
+            "transfer": t.id,
+            "source_device": t.source_device_id,
+            "source_public_key": t.source_public_key,
+            "manifests": t.manifests,
+            "packs": t.packs,
+            "bytes": t.bytes,
+        }),
+        t.created_at,
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Appends an audit entry about `device`'s backups.
+pub fn audit(
+    conn: &Connection,
+    actor: &crate::audit::Actor,
+    action: &str,
+    device: &str,
+    details: &serde_json::Value,
+    now: i64,
+) -> Result<(), TransferError> {
+    crate::audit::append(
+        conn,
+        actor,
+        action,
+        &format!("device:{device}"),
+        details,
+        now,
+    )
+    .map(|_| ())
+    .map_err(|e| match e {
+        crate::audit::AuditError::Sqlite(e) => TransferError::Sqlite(e),
+        other => TransferError::Corrupt(other.to_string()),
+    })
+}
+
+/// A device's transfers, newest first.
+pub fn list(conn: &Connection, device_id: &str) -> Result<Vec<TransferRecord>, TransferError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM backup_transfers WHERE device_id = ?1
+         ORDER BY created_at DESC, rowid DESC"
+    ))?;
+    let rows = stmt.query_map([device_id], row)?;
+    rows.map(|r| finish(r?)).collect()
+}
+
+/// One of a device's transfers; `"latest"` is the newest.
+pub fn get(
+    conn: &Connection,
+    device_id: &str,
+    id: &str,
+) -> Result<Option<TransferRecord>, TransferError> {
+    if id == "latest" {
+        return Ok(list(conn, device_id)?.into_iter().next());
+    }
+    conn.query_row(
+        &format!(
+            "SELECT {COLUMNS} FROM backup_transfers WHERE device_id = ?1 AND transfer_id = ?2"
+        ),
+        [device_id, id],
+        row,
+    )
+    .optional()?
+    .map(finish)
+    .transpose()
+}
+
+/// Records the device's fetch of a transfer (the first time sets `fetched_at`), audited.
+pub fn record_fetch(
+    conn: &mut Connection,
+    t: &TransferRecord,
+    now: i64,
+) -> Result<(), TransferError> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "UPDATE backup_transfers SET fetched_at = COALESCE(fetched_at, ?2) WHERE transfer_id = ?1",
+        rusqlite::params![t.id, now],
+    )?;
+    audit(
+        &tx,
+        &crate::audit::Actor::device(&t.device_id),
+        "backup.transfer_fetch",
+        &t.device_id,
+        &serde_json::json!({ "transfer": t.id, "source_device": t.source_device_id }),
+        now,
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The files of a device's exported backup: `(path in the export, store key, length)`, the
+/// layout of `DATA_DIR/store/backups/DEVICE` (`manifests/SEQ`, `packs/ID`): every catalogued
+/// manifest and every catalogued pack (not those being collected).
+pub fn export_files(
+    conn: &Connection,
+    device_id: &str,
+) -> Result<Vec<(String, String, u64)>, TransferError> {
+    let mut out = Vec::new();
+    let mut stmt = conn.prepare(
+        "SELECT sequence, manifest_length FROM backup_manifests WHERE device_id = ?1
+         ORDER BY sequence",
+    )?;
+    let rows = stmt.query_map([device_id], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for r in rows {
+        let (seq, len) = r?;
+        let seq = u64::try_from(seq).map_err(|_| TransferError::Corrupt("sequence".into()))?;
+        out.push((
+            format!("manifests/{seq:020}"),
+            super::manifest_key(device_id, seq),
+            u64::try_from(len).unwrap_or(0),
+        ));
+    }
+    let mut stmt = conn.prepare(
+        "SELECT pack_id, length FROM backup_packs p WHERE device_id = ?1 AND NOT EXISTS
+           (SELECT 1 FROM backup_pack_tombstones t
+            WHERE t.device_id = p.device_id AND t.pack_id = p.pack_id)
+         ORDER BY pack_id",
+    )?;
+    let rows = stmt.query_map([device_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for r in rows {
+        let (id, len) = r?;
+        out.push((
+            format!("packs/{id}"),
+            format!("backups/{device_id}/packs/{id}"),
+            u64::try_from(len).unwrap_or(0),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_transfer_layout_is_accepted() {
+        let dev = "0123456789abcdef0123456789abcdef";
+        let id = "ab".to_owned() + &"0".repeat(62);
+        assert_eq!(classify("transfer.json"), Some(Entry::Description));
+        assert_eq!(
+            classify(&format!("manifests/{dev}/00000000000000000002.manifest")),
+            Some(Entry::Manifest {
+                device: dev.into(),
+                sequence: 2
+            })
+        );
+        assert_eq!(
+            classify(&format!("reencrypted/{dev}/00000000000000000001.body")),
+            Some(Entry::Body {
+                device: dev.into(),
+                sequence: 1
+            })
+        );
+        assert_eq!(classify(&format!("packs/ab/{id}")), Some(Entry::Pack));
+        for bad in [
+            "../transfer.json".to_owned(),
+            "/etc/passwd".to_owned(),
+            format!("packs/cd/{id}"),
+            format!("packs/ab/{id}/x"),
+            format!("manifests/{dev}/../../x.manifest"),
+            format!("manifests/{dev}/00000000000000000000.manifest"),
+            format!("manifests/{dev}/1.manifest"),
+            "manifests/../00000000000000000001.manifest".to_owned(),
+            format!("reencrypted/{dev}/00000000000000000001.manifest"),
+            "transfer.json/x".to_owned(),
+        ] {
+            assert_eq!(classify(&bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,642 @@
+//! Root rotation on a running production server, end to end with the real binaries: a root
+//! v2 made offline by `otter-keys root rotate` that revokes the timestamp key and names a new
+//! one is refused until the new key is installed (`otter-server keys import`), then accepted
+//! (`otter-server root push`); the server signs with the new key at once, and both the enrolled
+//! agent and python-tuf (each holding metadata signed by the revoked key) follow the rotation
+//! and install or download a release published after it. Roots that skip a version, carry
+//! only the old or only the new threshold, have expired, are malformed or come with a
+//! non-admin token are refused with a JSON 4xx and change nothing. A restart keeps the new
+//! key. Finally the database is replaced by a copy taken before the rotation: `serve`
+//! refuses to start (the store is ahead), and with `--resume-above-store` it adopts the
+//! store's verified root v2 and re-signs above the store's versions, and the agent updates.
+//!
+//! Needs the binaries (`cargo build --workspace`) and the python-tuf venv
+//! (`scripts/python-venv.sh`, or `OTTER_PYTHON`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{command, show, ServerGuard};
+use otter_keys::age::secrecy::SecretString;
+use otter_keys::crypto::KeyId;
+use otter_keys::metadata::{Metadata, Root, Timestamp};
+use otter_keys::time::UtcTime;
+use serde_json::Value;
+
+const COMPONENT: &str = "pos-app";
+const ROOT_PASS: &str = "rotation test root passphrase";
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "{}", show(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn bundle(version: &str) -> Vec<u8> {
+    let payload = format!("pos application {version}\n").into_bytes();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "name": COMPONENT, "kind": "firmware", "version": version, "hardware": ["pos-a"],
+        "payload": [{"path": "app.bin", "size": payload.len(),
+                     "sha256": otter_keys::hash::sha256_hex(&payload)}],
+        "health": ["/bin/sh", "-c", "test -f app.bin"],
+    }))
+    .unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in [("manifest.json", &manifest[..]), ("app.bin", &payload[..])] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    zstd::encode_all(&b.into_inner().unwrap()[..], 1).unwrap()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+const PY_CLIENT: &str = r#"
+import os, sys
+from tuf.ngclient import Updater
+
+base, name, out_dir, md_dir, root_path = sys.argv[1:6]
+bootstrap = None
+if not os.path.exists(os.path.join(md_dir, "root.json")):
+    with open(root_path, "rb") as f:
+        bootstrap = f.read()
+updater = Updater(
+    metadata_dir=md_dir,
+    metadata_base_url=base + "/repo/metadata/",
+    target_dir=out_dir,
+    target_base_url=base + "/repo/targets/",
+    bootstrap=bootstrap,
+)
+updater.refresh()
+info = updater.get_targetinfo(name)
+if info is None:
+    sys.exit("python-tuf found no target " + name)
+print(updater.download_target(info))
+"#;
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("OTTER_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        p.exists(),
+        "no python-tuf environment at {}: run scripts/python-venv.sh first (or set OTTER_PYTHON)",
+        p.display()
+    );
+    p
+}
+
+struct Site {
+    tmp: tempfile::TempDir,
+    pass: PathBuf,
+    root_pass: PathBuf,
+    data: PathBuf,
+    admin: PathBuf,
+    publisher: PathBuf,
+    agent_config: PathBuf,
+}
+
+impl Site {
+    fn t(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn ceremony(&self) -> PathBuf {
+        self.t().join("ceremony")
+    }
+
+    fn server(&self, log: &str, extra: &[&str]) -> ServerGuard {
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["--passphrase-file".as_ref(), self.pass.as_os_str()];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+        ServerGuard::start(&self.data, &args, &self.t().join(log))
+    }
+
+    fn host(&self, args: &[&str]) -> Output {
+        command("otter-server")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .output()
+            .unwrap()
+    }
+
+    fn keys(&self, args: &[&str]) -> Output {
+        command("otter-keys")
+            .env("OTTER_KEYS_SCRYPT_LOG_N", "10")
+            .args(args)
+            .arg("--passphrase-file")
+            .arg(&self.root_pass)
+            .arg("--online-passphrase-file")
+            .arg(&self.pass)
+            .output()
+            .unwrap()
+    }
+
+    fn publish(&self, server: &ServerGuard, version: &str) {
+        let file = self.t().join(format!("{COMPONENT}-{version}.bundle"));
+        std::fs::write(&file, bundle(version)).unwrap();
+        ok(command("otter-server")
+            .args(["publish", "--server", &server.url, "--token-file"])
+            .arg(&self.publisher)
+            .arg(&file)
+            .output()
+            .unwrap());
+    }
+
+    fn push(&self, server: &ServerGuard, token: &Path, root: &Path) -> Output {
+        command("otter-server")
+            .args(["root", "push", "--server", &server.url, "--token-file"])
+            .arg(token)
+            .arg(root)
+            .output()
+            .unwrap()
+    }
+
+    fn update(&self) -> String {
+        ok(command("otter-agent")
+            .args(["update", "--config", self.agent_config.to_str().unwrap()])
+            .output()
+            .unwrap())
+    }
+
+    /// python-tuf with a metadata dir kept between runs; returns the downloaded bytes.
+    fn python_download(&self, server: &ServerGuard, version: &str) -> Vec<u8> {
+        let script = self.t().join("client.py");
+        std::fs::write(&script, PY_CLIENT).unwrap();
+        let md = self.t().join("py-metadata");
+        let out_dir = self.t().join("py-targets");
+        std::fs::create_dir_all(&md).unwrap();
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let out = Command::new(python())
+            .arg(&script)
+            .arg(&server.url)
+            .arg(format!("{COMPONENT}-{version}.tar.zst"))
+            .arg(&out_dir)
+            .arg(&md)
+            .arg(self.ceremony().join("1.root.json"))
+            .output()
+            .unwrap();
+        let path = ok(out);
+        std::fs::read(path.trim()).unwrap()
+    }
+}
+
+/// A production site (ceremony, `otter-server init`, admin and publisher tokens, an agent
+/// config); not yet serving.
+fn site() -> Site {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let pass = t.join("online-pass");
+    std::fs::write(&pass, "rotation test online passphrase\n").unwrap();
+    let root_pass = t.join("root-pass");
+    std::fs::write(&root_pass, format!("{ROOT_PASS}\n")).unwrap();
+    let data = t.join("otter-data");
+    let agent_config = t.join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "state_dir = {:?}\ninstall_root = {:?}\n[update]\njitter_secs = 0\n",
+            t.join("terminal/state").to_str().unwrap(),
+            t.join("terminal/opt-otter").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let s = Site {
+        pass,
+        root_pass,
+        data,
+        admin: t.join("admin.token"),
+        publisher: t.join("publisher.token"),
+        agent_config,
+        tmp,
+    };
+    ok(s.keys(&["init", "--dir", s.ceremony().to_str().unwrap()]));
+    let admin = ok(s.host(&[
+        "init",
+        "--root",
+        s.ceremony().join("1.root.json").to_str().unwrap(),
+        "--keys-dir",
+        s.ceremony().join("keys").to_str().unwrap(),
+        "--passphrase-file",
+        s.pass.to_str().unwrap(),
+    ]));
+    std::fs::write(&s.admin, admin.trim()).unwrap();
+    let publisher = ok(s.host(&["token", "create", "--role", "publisher"]));
+    std::fs::write(&s.publisher, publisher.trim()).unwrap();
+    s
+}
+
+/// Points the enrolled terminal at a restarted server (another loopback port).
+fn repoint(s: &Site, old_url: &str, new_url: &str) {
+    let file = s.t().join("terminal/state/agent.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(old_url), "{text}");
+    std::fs::write(&file, text.replace(old_url, new_url)).unwrap();
+}
+
+fn root_of(path: &Path) -> Metadata<Root> {
+    Metadata::from_bytes(&std::fs::read(path).unwrap(), 1 << 20).unwrap()
+}
+
+fn key_id_of_pub(path: &Path) -> KeyId {
+    otter_keys::keyfile::load_public_key(path)
+        .unwrap()
+        .key_id()
+        .unwrap()
+}
+
+fn get(url: &str) -> (u16, Vec<u8>) {
+    let r = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.bytes().unwrap().to_vec())
+}
+
+/// The JSON error a refused push printed: `(STATUS, CODE): MESSAGE`.
+fn refused(out: &Output, code: &str) -> String {
+    assert!(!out.status.success(), "{}", show(out));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains(code), "expected {code}: {}", show(out));
+    err
+}
+
+/// `serve` must exit by itself with an error; returns its stderr.
+fn serve_refuses(s: &Site, extra: &[&str]) -> String {
+    let mut child = command("otter-server")
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&s.data)
+        .arg("--passphrase-file")
+        .arg(&s.pass)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("the server started on a database older than its store");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", show(&out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn online_backup(db: &Path, to: &Path) {
+    ok(Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             src = sqlite3.connect(sys.argv[1])\n\
+             dst = sqlite3.connect(sys.argv[2])\n\
+             src.backup(dst)\n\
+             dst.close()\n\
+             src.close()",
+        ])
+        .arg(db)
+        .arg(to)
+        .output()
+        .unwrap());
+}
+
+/// A root v2 made in a copy of the ceremony dir by `otter-keys root rotate ARGS`.
+fn rotated_copy(s: &Site, name: &str, args: &[&str]) -> PathBuf {
+    let dir = s.t().join(name);
+    copy_tree(&s.ceremony(), &dir);
+    let mut all = vec!["root", "rotate", "--dir", dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    ok(s.keys(&all));
+    dir
+}
+
+#[test]
+fn a_rotated_root_and_timestamp_key_are_taken_by_the_running_server_and_followed_by_clients() {
+    let s = site();
+    let c = s.ceremony();
+    let root1 = root_of(&c.join("1.root.json"));
+    let old_ts = root1.signed().role("timestamp").unwrap().keyids[0].clone();
+    let k = |n: u32| c.join(format!("keys/root-{n}.key"));
+    let (k1, k2) = (k(1), k(2));
+    let (k1s, k2s) = (k1.to_str().unwrap(), k2.to_str().unwrap());
+    let id = |n: u32| key_id_of_pub(&c.join(format!("keys/root-{n}.pub.json")));
+
+    let server = s.server("server-1.log", &[]);
+    s.publish(&server, "1.0.0");
+    let enroll = ok(s.host(&["enroll-token", "create", "--expires-in", "1h"]));
+    ok(command("otter-agent")
+        .args(["enroll", "--server", &server.url, "--model", "pos-a"])
+        .env("OTTER_ENROLL_TOKEN", enroll.trim())
+        .arg("--trusted-root")
+        .arg(c.join("1.root.json"))
+        .arg("--state-dir")
+        .arg(s.t().join("terminal/state"))
+        .output()
+        .unwrap());
+    assert!(s.update().contains("installed 1.0.0"));
+    assert_eq!(s.python_download(&server, "1.0.0"), bundle("1.0.0"));
+    // A database copy from before the rotation, for the stale-database part at the end.
+    let old_db = s.t().join("otter-before-rotation.db");
+    online_backup(&s.data.join("otter.db"), &old_db);
+
+    // Roots the server must refuse, each made from version 1 in a copy of the ceremony.
+    let skip = rotated_copy(&s, "skip", &["--sign-with", k1s, "--sign-with", k2s]);
+    ok(s.keys(&[
+        "root",
+        "rotate",
+        "--dir",
+        skip.to_str().unwrap(),
+        "--sign-with",
+        k1s,
+        "--sign-with",
+        k2s,
+    ]));
+    let only_old = rotated_copy(
+        &s,
+        "only-old",
+        &[
+            "--threshold",
+            "root=3",
+            "--sign-with",
+            k1s,
+            "--sign-with",
+            k2s,
+            "--allow-partial",
+        ],
+    );
+    let (r2, r3) = (format!("root={}", id(2).0), format!("root={}", id(3).0));
+    let only_new = rotated_copy(
+        &s,
+        "only-new",
+        &[
+            "--remove-key",
+            &r2,
+            "--remove-key",
+            &r3,
+            "--generate-key",
+            "root",
+            "--generate-key",
+            "root",
+            "--sign-with",
+            k1s,
+            "--allow-partial",
+        ],
+    );
+    // Expired: signed properly by root keys 1 and 2, with an expiry in the past.
+    let mut expired_root = root1.signed().clone();
+    expired_root.version = 2;
+    expired_root.expires = UtcTime::from_unix(UtcTime::now().unix() - 3600);
+    let mut expired = Metadata::new(expired_root).unwrap();
+    for f in [&k1, &k2] {
+        let key =
+            otter_keys::keyfile::load_signing_key(f, &SecretString::from(ROOT_PASS.to_owned()))
+                .unwrap();
+        expired.sign(&key.key);
+    }
+    let expired_file = s.t().join("expired-2.root.json");
+    std::fs::write(&expired_file, expired.to_bytes()).unwrap();
+    let garbage = s.t().join("garbage.json");
+    std::fs::write(
+        &garbage,
+        br#"{"signed": {"_type": "root"}, "signatures": []}"#,
+    )
+    .unwrap();
+    // The real rotation: revoke the timestamp key, make a new one (online passphrase).
+    let prefix = format!("timestamp={}", &old_ts.0[..12]);
+    ok(s.keys(&[
+        "root",
+        "rotate",
+        "--dir",
+        c.to_str().unwrap(),
+        "--remove-key",
+        &prefix,
+        "--generate-key",
+        "timestamp",
+        "--sign-with",
+        k1s,
+        "--sign-with",
+        k2s,
+    ]));
+    let root2_file = c.join("2.root.json");
+    let root2 = root_of(&root2_file);
+    let new_ts = root2.signed().role("timestamp").unwrap().keyids[0].clone();
+    assert_ne!(new_ts, old_ts);
+
+    let ts_before = get(&format!("{}/repo/metadata/timestamp.json", server.url)).1;
+    let cases: Vec<(PathBuf, &Path, &str)> = vec![
+        (skip.join("3.root.json"), &s.admin, "root_version"),
+        (
+            only_old.join("2.root.json"),
+            &s.admin,
+            "new_root_threshold_not_met",
+        ),
+        (
+            only_new.join("2.root.json"),
+            &s.admin,
+            "old_root_threshold_not_met",
+        ),
+        (expired_file.clone(), &s.admin, "root_expired"),
+        (root2_file.clone(), &s.publisher, "403"),
+    ];
+    for (file, token, code) in &cases {
+        refused(&s.push(&server, token, file), code);
+    }
+    // Straight to the API: malformed metadata, and no token at all.
+    let admin_token = std::fs::read_to_string(&s.admin).unwrap();
+    let put = |token: Option<&str>, body: Vec<u8>| {
+        let mut req = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .put(format!("{}/api/v1/root", server.url))
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t.trim());
+        }
+        let r = req.send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap())
+    };
+    let (status, v) = put(Some(&admin_token), std::fs::read(&garbage).unwrap());
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_root")),
+        "{v}"
+    );
+    let (status, v) = put(Some(&admin_token), b"not json".to_vec());
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_root")),
+        "{v}"
+    );
+    let (status, _) = put(None, std::fs::read(&root2_file).unwrap());
+    assert_eq!(status, 401);
+    // The new timestamp key is not installed yet: refused, naming the role and its key id.
+    let err = refused(
+        &s.push(&server, &s.admin, &root2_file),
+        "online_keys_missing",
+    );
+    assert!(
+        err.contains("timestamp") && err.contains(&new_ts.0),
+        "{err}"
+    );
+    // Nothing changed.
+    assert_eq!(
+        get(&format!("{}/repo/metadata/2.root.json", server.url)).0,
+        404
+    );
+    assert_eq!(
+        get(&format!("{}/repo/metadata/timestamp.json", server.url)).1,
+        ts_before
+    );
+
+    // A root key is refused by `keys import`; the new timestamp key is installed, 0600.
+    let out = s.host(&[
+        "keys",
+        "import",
+        "--root",
+        root2_file.to_str().unwrap(),
+        "--passphrase-file",
+        s.pass.to_str().unwrap(),
+        k1s,
+    ]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let new_key = c.join("keys/timestamp-v2-1.key");
+    let imported = ok(s.host(&[
+        "keys",
+        "import",
+        "--root",
+        root2_file.to_str().unwrap(),
+        "--passphrase-file",
+        s.pass.to_str().unwrap(),
+        new_key.to_str().unwrap(),
+    ]));
+    assert!(imported.contains("installed timestamp key"), "{imported}");
+    let installed = s.data.join(format!("keys/timestamp-{}.key", new_ts.0));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&installed).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // Installing does not activate it.
+    assert_eq!(
+        get(&format!("{}/repo/metadata/timestamp.json", server.url)).1,
+        ts_before
+    );
+
+    // Accepted.
+    let pushed = ok(s.push(&server, &s.admin, &root2_file));
+    assert!(
+        pushed.contains("root version 2 accepted") && pushed.contains("timestamp"),
+        "{pushed}"
+    );
+    let (status, served) = get(&format!("{}/repo/metadata/2.root.json", server.url));
+    assert_eq!(status, 200);
+    let served: Metadata<Root> = Metadata::from_bytes(&served, 1 << 20).unwrap();
+    assert_eq!(served.canonical_signed(), root2.canonical_signed());
+    let ts: Metadata<Timestamp> = Metadata::from_bytes(
+        &get(&format!("{}/repo/metadata/timestamp.json", server.url)).1,
+        1 << 20,
+    )
+    .unwrap();
+    root2.verify_by(&ts, "timestamp").unwrap();
+    assert!(root1.verify_by(&ts, "timestamp").is_err());
+    // The same root again is now a version conflict.
+    refused(&s.push(&server, &s.admin, &root2_file), "root_version");
+
+    // Clients holding metadata signed by the revoked key follow the rotation.
+    s.publish(&server, "1.1.0");
+    assert!(s.update().contains("installed 1.1.0"));
+    assert_eq!(s.python_download(&server, "1.1.0"), bundle("1.1.0"));
+    // Audited.
+    let audit = ok(command("otter-server")
+        .args(["audit", "list", "--server", &server.url, "--token-file"])
+        .arg(&s.admin)
+        .output()
+        .unwrap());
+    assert!(audit.contains("root.rotate"), "{audit}");
+
+    // A restart signs with the installed key the current root names.
+    let mut server = server;
+    let old_url = server.url.clone();
+    server.stop();
+    let server = s.server("server-2.log", &[]);
+    repoint(&s, &old_url, &server.url);
+    s.publish(&server, "1.2.0");
+    assert!(s.update().contains("installed 1.2.0"));
+
+    // The database copy from before the rotation: the store is ahead (root v2 and more).
+    let mut server = server;
+    let old_url2 = server.url.clone();
+    server.stop();
+    let store_ts = std::fs::read(s.data.join("store/repo/metadata/timestamp.json")).unwrap();
+    for f in ["otter.db", "otter.db-wal", "otter.db-shm"] {
+        let _ = std::fs::remove_file(s.data.join(f));
+    }
+    std::fs::copy(&old_db, s.data.join("otter.db")).unwrap();
+    let err = serve_refuses(&s, &[]);
+    assert!(
+        err.contains("root version 2 in the store, 1 in the database")
+            && err.contains("--resume-above-store")
+            && err.contains("docs/disaster-recovery.md"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(s.data.join("store/repo/metadata/timestamp.json")).unwrap(),
+        store_ts,
+        "a refused start writes nothing"
+    );
+    let seen: Metadata<Timestamp> = Metadata::from_bytes(&store_ts, 1 << 20).unwrap();
+    let server = s.server("server-3.log", &["--resume-above-store"]);
+    repoint(&s, &old_url2, &server.url);
+    let ts: Metadata<Timestamp> = Metadata::from_bytes(
+        &get(&format!("{}/repo/metadata/timestamp.json", server.url)).1,
+        1 << 20,
+    )
+    .unwrap();
+    assert!(ts.signed().version > seen.signed().version);
+    root2.verify_by(&ts, "timestamp").unwrap();
+    // The terminal trusts versions the old database never signed, and accepts the
+    // re-signed ones; a release published now reaches it.
+    s.publish(&server, "1.3.0");
+    assert!(s.update().contains("installed 1.3.0"));
+    // The audit chain holds the rotation and the resumption, and verifies.
+    ok(command("otter-server")
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&s.data)
+        .output()
+        .unwrap());
+    let audit: Value = serde_json::from_str(&ok(command("otter-server")
+        .args(["audit", "list", "--server", &server.url, "--token-file"])
+        .arg(&s.admin)
+        .output()
+        .unwrap()))
+    .unwrap();
+    let text = audit.to_string();
+    assert!(text.contains("repository.resume_above_store"), "{text}");
+}
