@@ -36,7 +36,8 @@ enum Command {
     Report(ReportArgs),
     /// Back the terminal's SQLite database up to the server it enrolled with: only pages
     /// the server does not hold yet are shipped, encrypted to the fleet's recovery key and
-    /// the terminal's own backup key, under a manifest signed by the device key.
+    /// (unless the fleet is write-only) the terminal's own backup key, under a manifest
+    /// signed by the device key.
     Backup(BackupArgs),
     /// Restore the terminal's database from a backup on the server, after verifying
     /// everything (signatures, chain, countersignatures, packs, pages, hashes, integrity,

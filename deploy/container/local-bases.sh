@@ -15,6 +15,9 @@
 #   deploy/container/local-bases.sh garage  localhost/garage:v<version>: this host's `garage`
 #                                           binary (deploy/garage/run.sh install) at /garage,
 #                                           like docker.io/dxflrs/garage, for compose.yaml
+#   deploy/container/local-bases.sh s3s-fs  localhost/s3s-fs:<version>: the host's s3s-fs
+#                                           (scripts/s3s-fs.sh install) at /s3s-fs, for
+#                                           container/compose.s3s-fs.yaml
 #   deploy/container/local-bases.sh all     debian and rust (the default)
 # Cached: an image that exists is kept (OTTER_CONTAINER_REBUILD=1 makes them anew). Needs
 # root, podman and debootstrap (apt-get install podman runc debootstrap). Prints the image
@@ -31,7 +34,7 @@ fail() { echo "local-bases: FAILED: $*" >&2; exit 1; }
 
 have_image() { [[ ${OTTER_CONTAINER_REBUILD:-0} != 1 ]] && podman image exists "$1"; }
 
-debian() {
+make_debian() {
   if have_image "$debian_image"; then
     echo "RUNTIME_IMAGE=$debian_image"
     return 0
@@ -88,7 +91,7 @@ CONF
   echo "RUNTIME_IMAGE=$debian_image"
 }
 
-rust() {
+make_rust() {
   command -v rustc >/dev/null || fail "no rustc on PATH to copy into the builder image (rustup)"
   local sysroot version image ctx
   sysroot=$(rustc --print sysroot)
@@ -98,7 +101,7 @@ rust() {
     echo "RUST_IMAGE=$image"
     return 0
   fi
-  debian >/dev/null
+  make_debian >/dev/null
   podman_can_run "$debian_image" || fail "podman cannot run containers here: $podman_error"
   [[ -x $sysroot/bin/cargo ]] || fail "$sysroot/bin/cargo missing: the builder image needs cargo from the same toolchain"
   ctx=$otter_cache/rust-context
@@ -116,17 +119,17 @@ rust() {
   echo "RUST_IMAGE=$image"
 }
 
-garage() {
+make_garage() {
   local bin version image ctx
   bin=$(command -v garage) || fail "no garage on PATH (deploy/garage/run.sh install builds it, about 11 minutes)"
-  version=$(garage --version | awk '{print $2}')
+  version=$("$bin" --version | awk '{print $2}')
   version=${version#cargo:}
   image=localhost/garage:v$version
   if have_image "$image"; then
     echo "GARAGE_IMAGE=$image"
     return 0
   fi
-  debian >/dev/null
+  make_debian >/dev/null
   ctx=$otter_cache/garage-context
   rm -rf "$ctx"
   mkdir -p "$ctx"
@@ -140,11 +143,33 @@ garage() {
   echo "GARAGE_IMAGE=$image"
 }
 
+make_s3s_fs() {
+  local bin version image ctx
+  bin=$(command -v s3s-fs) || fail "no s3s-fs on PATH (scripts/s3s-fs.sh install, about 80 s)"
+  version=$("$bin" --version | awk '{print $2}')
+  image=localhost/s3s-fs:$version
+  if have_image "$image"; then
+    echo "S3S_FS_IMAGE=$image"
+    return 0
+  fi
+  make_debian >/dev/null
+  ctx=$otter_cache/s3s-fs-context
+  rm -rf "$ctx"
+  mkdir -p "$ctx"
+  cp -p "$bin" "$ctx/s3s-fs"
+  printf 'FROM %s\nCOPY s3s-fs /s3s-fs\n' "$debian_image" >"$ctx/Containerfile"
+  echo "== podman build -> $image (s3s-fs $version from $bin)"
+  podman build --quiet --format docker -t "$image" "$ctx" >/dev/null || fail "podman build of $image"
+  rm -rf "$ctx"
+  echo "S3S_FS_IMAGE=$image"
+}
+
 podman_usable || fail "$podman_error"
 case ${1:-all} in
-  debian) debian ;;
-  rust) rust ;;
-  garage) garage ;;
-  all) debian; rust ;;
-  *) fail "unknown argument '$1' (debian, rust, garage or all)" ;;
+  debian) make_debian ;;
+  rust) make_rust ;;
+  garage) make_garage ;;
+  s3s-fs) make_s3s_fs ;;
+  all) make_debian; make_rust ;;
+  *) fail "unknown argument '$1' (debian, rust, garage, s3s-fs or all)" ;;
 esac

@@ -12,7 +12,9 @@
 #   the root filesystem refuses writes while the volume takes them; the image's HEALTHCHECK
 #   passes; a bundle published through the API (`otter-server publish` run from the image)
 #   is served back byte for byte; SIGTERM (`podman stop`) ends it with status 0 well before
-#   the grace period; it starts again on the same volume with the same root.
+#   the grace period; it starts again on the same volume with the same root; and a
+#   production repository (an otter-keys ceremony, `init` into a volume, `serve` with the
+#   passphrase file) serves the ceremony's root.
 # compose: `podman-compose up` of deploy/compose.yaml with the image above and a Garage
 #   image, then the same publish -> fetch, `down -v` at the end.
 #
@@ -21,7 +23,8 @@
 # crates come from a `cargo vendor` copy of Cargo.lock's, so the build is offline. With
 # registry access set OTTER_RUST_IMAGE and OTTER_RUNTIME_IMAGE (e.g. the Containerfile's
 # defaults) to build on those instead. The Garage image: GARAGE_IMAGE, or one made from the
-# host's `garage` binary (deploy/garage/run.sh install).
+# host's `garage` binary (deploy/garage/run.sh install); without either, s3s-fs stands in
+# for it (S3S_FS_IMAGE, or the host's s3s-fs; OTTER_COMPOSE_STORE=s3s-fs prefers it).
 #
 # Exits 0 and prints "container test: SKIPPED: <why>" when Podman cannot be used here (not
 # installed, cannot run containers, no debootstrap or rustc for the local bases), so CI on a
@@ -30,10 +33,10 @@
 # Needs root (rootful Podman), curl, python3, zstd.
 # Environment: OTTER_CONTAINER_CACHE (default /var/tmp/otter-container: debootstrap, the
 # vendored crates, podman-compose's venv), OTTER_TEST_IMAGE (default
-# localhost/otter-server:test), OTTER_CONTAINER_KEEP=1 keeps the scratch dir.
+# localhost/otter-server:test), OTTER_CONTAINER_NO_BUILD=1 tests that image as it is (no
+# build), OTTER_CONTAINER_KEEP=1 keeps the scratch dir.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-repo=$PWD
 . deploy/container/podman-env.sh
 
 what=${1:-all}
@@ -164,17 +167,20 @@ publish_and_fetch() {
     publish --server "$inner_url" "/bundles/$bundle-$version.tar.zst" 2>&1) \
     || fail "otter-server publish (from the image) to $inner_url: $out"
   printf '%s\n' "$out" | grep -q "^published " || fail "publish printed no 'published' line: $out"
-  say "$(printf '%s\n' "$out" | grep -m1 '^published ')"
-  curl -fsS "$url/repo/metadata/targets.json" -o "$work/targets.json" || fail "GET $url/repo/metadata/targets.json"
+  say "published $bundle-$version.tar.zst (otter-server publish, run from the image)"
   sha=$(sha256sum "$work/bundles/$bundle-$version.tar.zst" | cut -d' ' -f1)
-  file=$(python3 - "$work/targets.json" "$bundle-$version" "$sha" <<'PY'
-import json, sys
-targets = json.load(open(sys.argv[1]))["signed"]["targets"]
+  # As a TUF client walks it: timestamp -> N.snapshot.json -> M.targets.json -> the target.
+  file=$(python3 - "$url" "$bundle-$version" "$sha" <<'PY'
+import json, sys, urllib.request
+base, want, sha = sys.argv[1] + "/repo/metadata/", sys.argv[2], sys.argv[3]
+get = lambda name: json.load(urllib.request.urlopen(base + name, timeout=10))["signed"]
+snapshot = get("%d.snapshot.json" % get("timestamp.json")["meta"]["snapshot.json"]["version"])
+targets = get("%d.targets.json" % snapshot["meta"]["targets.json"]["version"])["targets"]
 for path, t in targets.items():
-    if sys.argv[2] in path and t.get("hashes", {}).get("sha256") == sys.argv[3]:
+    if want in path and t.get("hashes", {}).get("sha256") == sha:
         print(path)
 PY
-)
+) || fail "walking timestamp.json -> snapshot -> targets at $url/repo/metadata/ failed"
   [[ -n $file ]] || fail "targets.json lists no target $bundle-$version with sha256 $sha"
   curl -fsS "$url/repo/targets/$sha.$file" -o "$work/fetched.tar.zst" \
     || fail "GET $url/repo/targets/$sha.$file"
@@ -184,20 +190,24 @@ PY
 }
 
 # --- build ----------------------------------------------------------------------------------
-step "podman build $image (deploy/Containerfile; cached after the first build)"
-old_id=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
-start=$SECONDS
-podman build --format docker -f deploy/Containerfile --ignorefile deploy/Containerfile.dockerignore \
-  --build-arg "RUST_IMAGE=$rust_image" --build-arg "RUNTIME_IMAGE=$runtime_image" \
-  "${vendor_args[@]}" -t "$image" . >"$otter_cache/build.log" 2>&1 \
-  || { tail -n 30 "$otter_cache/build.log" | sed 's/^/      | /' >&2; fail "podman build (log: $otter_cache/build.log, its end is above)"; }
-new_id=$(podman image inspect --format '{{.Id}}' "$image")
-if [[ -n $old_id && $old_id != "$new_id" ]]; then
-  podman rmi "$old_id" >/dev/null 2>&1 || true # the previous build's image, now untagged
+if [[ ${OTTER_CONTAINER_NO_BUILD:-0} == 1 ]] && podman image exists "$image"; then
+  step "using $image as it is (OTTER_CONTAINER_NO_BUILD=1)"
+else
+  step "podman build $image (deploy/Containerfile; cached after the first build)"
+  old_id=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+  start=$SECONDS
+  podman build --format docker -f deploy/Containerfile --ignorefile deploy/Containerfile.dockerignore \
+    --build-arg "RUST_IMAGE=$rust_image" --build-arg "RUNTIME_IMAGE=$runtime_image" \
+    "${vendor_args[@]}" -t "$image" . >"$otter_cache/build.log" 2>&1 \
+    || { tail -n 30 "$otter_cache/build.log" | sed 's/^/      | /' >&2; fail "podman build (log: $otter_cache/build.log, its end is above)"; }
+  new_id=$(podman image inspect --format '{{.Id}}' "$image")
+  if [[ -n $old_id && $old_id != "$new_id" ]]; then
+    podman rmi "$old_id" >/dev/null 2>&1 || true # the previous build's image, now untagged
+  fi
+  say "built in $((SECONDS - start)) s ($(grep -c '^ *Compiling ' "$otter_cache/build.log") crates compiled): $(podman image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')"
 fi
-say "built in $((SECONDS - start)) s ($(grep -c '^ *Compiling ' "$otter_cache/build.log") crates compiled): $(podman image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')"
-[[ $(podman image inspect --format '{{.Config.User}}' "$image") == otter:otter ]] \
-  || fail "the image's USER is not otter:otter"
+[[ $(podman image inspect --format '{{.Config.User}}' "$image") == 10001:10001 ]] \
+  || fail "the image's USER is not 10001:10001 (otter)"
 
 # --- the image ------------------------------------------------------------------------------
 if [[ $what != compose ]]; then
@@ -245,7 +255,7 @@ if [[ $what != compose ]]; then
 
   step "SIGTERM: podman stop $name"
   start=$(date +%s%N)
-  podman stop -t 45 "$name" >/dev/null || fail "podman stop $name"
+  podman stop -t 45 "$name" >/dev/null 2>>"$work/run.err" || fail "podman stop $name: $(cat "$work/run.err")"
   ms=$((($(date +%s%N) - start) / 1000000))
   code=$(podman inspect --format '{{.State.ExitCode}}' "$name")
   [[ $code == 0 ]] || { podman logs "$name" 2>&1 | tail -n 10 | sed 's/^/      | /' >&2; fail "otter-server exited with status $code on SIGTERM"; }
@@ -259,7 +269,49 @@ if [[ $what != compose ]]; then
   curl -fsS "$url/repo/metadata/1.root.json" | sha256sum | grep -q "^$root_sum " \
     || fail "after a restart /repo/metadata/1.root.json differs: the repository did not persist in the volume"
   say "healthy again, same 1.root.json: the repository lives in the volume"
-  podman rm -f -t 45 "$name" >/dev/null
+  podman rm -f -t 45 "$name" >/dev/null 2>>"$work/run.err"
+
+  # A production repository: keys from an otter-keys ceremony on the host, `init` into a
+  # fresh volume, `serve` with the passphrase file (as docs/quickstart.md shows it).
+  keys_bin=
+  for b in target/release/otter-keys target/debug/otter-keys "$(command -v otter-keys || true)"; do
+    [[ -n $b && -x $b ]] && { keys_bin=$b; break; }
+  done
+  if [[ -z $keys_bin ]]; then
+    say "production init: skipped (no otter-keys binary: cargo build -p otter-keys)"
+  else
+    step "production repository: otter-keys ceremony ($keys_bin), init into a volume, serve"
+    ceremony=$work/ceremony
+    printf 'container test root passphrase\n' >"$work/root-pass"
+    mkdir -p "$work/online-keys"
+    printf 'container test online passphrase\n' >"$work/online-keys/passphrase"
+    OTTER_KEYS_SCRYPT_LOG_N=${OTTER_KEYS_SCRYPT_LOG_N:-10} "$keys_bin" init --dir "$ceremony" \
+      --passphrase-file "$work/root-pass" --online-passphrase-file "$work/online-keys/passphrase" \
+      >"$work/keys.log" 2>&1 || fail "otter-keys init: $(tail -n 3 "$work/keys.log")"
+    cp "$ceremony"/keys/{targets,snapshot,timestamp}.{key,pub.json} "$ceremony/1.root.json" "$work/online-keys/"
+    chown -R 10001:10001 "$work/online-keys"
+    pvol=otter-test-prod-$suffix
+    pname=otter-test-prod-$suffix
+    volumes+=("$pvol")
+    containers+=("$pname")
+    podman run --rm --no-healthcheck -v "$pvol:/var/lib/otter" -v "$work/online-keys:/ceremony:ro" "$image" \
+      init --root /ceremony/1.root.json --keys-dir /ceremony --passphrase-file /ceremony/passphrase \
+      >"$work/admin-token" 2>"$work/init.log" || fail "otter-server init in the image: $(tail -n 3 "$work/init.log")"
+    [[ $(wc -l <"$work/admin-token") -ge 1 ]] || fail "init printed no admin token"
+    port=$(free_port)
+    purl=http://127.0.0.1:$port
+    podman run -d --name "$pname" --read-only --cap-drop ALL --security-opt no-new-privileges \
+      --tmpfs /tmp -p "127.0.0.1:$port:8080" -v "$pvol:/var/lib/otter" \
+      -v "$work/online-keys:/ceremony:ro" -e OTTER_KEY_PASSPHRASE_FILE=/ceremony/passphrase \
+      "$image" >/dev/null 2>>"$work/run.err" || fail "podman run (production repository): $(cat "$work/run.err")"
+    wait_healthy "$purl" "$pname"
+    curl -fsS "$purl/repo/metadata/1.root.json" | cmp -s - "$ceremony/1.root.json" \
+      || fail "the production server does not serve the ceremony's 1.root.json"
+    podman logs "$pname" 2>&1 | grep -qi 'development' \
+      && fail "the server on an initialised volume still speaks of a development repository"
+    say "init + serve: healthy, serves the ceremony's own 1.root.json, no development repository"
+    podman rm -f -t 45 "$pname" >/dev/null 2>>"$work/run.err"
+  fi
 fi
 
 # --- compose --------------------------------------------------------------------------------
@@ -276,17 +328,26 @@ if [[ $what != image ]]; then
     if [[ ! -x $venv/bin/podman-compose ]]; then
       step "podman-compose $compose_version from PyPI into $venv"
       rm -rf "$venv"
-      python3 -m venv "$venv" >/dev/null 2>&1 && "$venv/bin/pip" install -q "podman-compose==$compose_version" >/dev/null 2>&1 \
-        || { rm -rf "$venv"; compose_skip "podman-compose is not installed and pip could not install it (apt-get install podman-compose)"; }
+      if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q "podman-compose==$compose_version"; } >/dev/null 2>&1; then
+        rm -rf "$venv"
+        compose_skip "podman-compose is not installed and pip could not install it (apt-get install podman-compose)"
+      fi
     fi
     compose_bin=("$venv/bin/podman-compose")
   fi
-  garage_image=${GARAGE_IMAGE:-}
-  if [[ -z $garage_image ]]; then
-    command -v garage >/dev/null \
-      || compose_skip "no Garage image: set GARAGE_IMAGE, or install garage (deploy/garage/run.sh install, about 11 minutes)"
-    garage_image=$(deploy/container/local-bases.sh garage | sed -n 's/^GARAGE_IMAGE=//p')
-    [[ -n $garage_image ]] || fail "local-bases.sh garage printed no image name"
+  # The store: Garage (GARAGE_IMAGE, or an image of the host's garage), else s3s-fs under
+  # the same service name (container/compose.s3s-fs.yaml; CI installs s3s-fs).
+  garage_image=${GARAGE_IMAGE:-} s3s_fs_image=${S3S_FS_IMAGE:-}
+  if [[ -z $garage_image && -z $s3s_fs_image ]]; then
+    if [[ ${OTTER_COMPOSE_STORE:-} != s3s-fs ]] && command -v garage >/dev/null; then
+      garage_image=$(deploy/container/local-bases.sh garage | sed -n 's/^GARAGE_IMAGE=//p')
+      [[ -n $garage_image ]] || fail "local-bases.sh garage printed no image name"
+    elif command -v s3s-fs >/dev/null; then
+      s3s_fs_image=$(deploy/container/local-bases.sh s3s-fs | sed -n 's/^S3S_FS_IMAGE=//p')
+      [[ -n $s3s_fs_image ]] || fail "local-bases.sh s3s-fs printed no image name"
+    else
+      compose_skip "no S3 store image: set GARAGE_IMAGE, or install garage (deploy/garage/run.sh install) or s3s-fs (scripts/s3s-fs.sh install)"
+    fi
   fi
   port=$(free_port)
   url=http://127.0.0.1:$port
@@ -296,10 +357,18 @@ if [[ $what != image ]]; then
     umask 077
     printf 'GARAGE_RPC_SECRET=%s\nOTTER_S3_ACCESS_KEY_ID=GK%s\nOTTER_S3_SECRET_ACCESS_KEY=%s\n' \
       "$(hex 32)" "$(hex 12)" "$(hex 32)" >"$work/compose.env"
-    printf 'OTTER_IMAGE=%s\nGARAGE_IMAGE=%s\nOTTER_PORT=%s\n' "$image" "$garage_image" "$port" >>"$work/compose.env"
+    printf 'OTTER_IMAGE=%s\nOTTER_PORT=%s\n' "$image" "$port" >>"$work/compose.env"
+    if [[ -n $garage_image ]]; then printf 'GARAGE_IMAGE=%s\n' "$garage_image" >>"$work/compose.env"; fi
+    if [[ -n $s3s_fs_image ]]; then printf 'S3S_FS_IMAGE=%s\n' "$s3s_fs_image" >>"$work/compose.env"; fi
   )
   compose=("${compose_bin[@]}" -p "$project" --env-file "$work/compose.env" -f deploy/compose.yaml)
-  step "compose up ($project: otter-server + Garage $garage_image, $url)"
+  if [[ -n $garage_image ]]; then
+    store="Garage $garage_image"
+  else
+    store="s3s-fs $s3s_fs_image (deploy/container/compose.s3s-fs.yaml)"
+    compose+=(-f deploy/container/compose.s3s-fs.yaml)
+  fi
+  step "compose up ($project: otter-server + $store, $url)"
   compose_up=1
   "${compose[@]}" up -d >"$work/compose-up.log" 2>&1 \
     || { tail -n 20 "$work/compose-up.log" | sed 's/^/      | /' >&2; fail "podman-compose up (log above)"; }
@@ -307,13 +376,30 @@ if [[ $what != image ]]; then
     --filter "label=com.docker.compose.service=otter-server" --format '{{.Names}}' | head -n1)
   [[ -n $server ]] || fail "compose started no otter-server container (podman ps: $(podman ps -a --format '{{.Names}}' | tr '\n' ' '))"
   wait_healthy "$url" "$server"
-  podman logs "$server" 2>&1 | grep -q 's3://otter' \
-    || say "(the server's log does not name s3://otter; checking the bucket instead)"
-  say "GET /healthz: ok ($server, store in Garage)"
+  say "GET /healthz: ok ($server)"
+  garage=$(podman ps --filter "label=com.docker.compose.project=$project" \
+    --filter "label=com.docker.compose.service=garage" --format '{{.Names}}' | head -n1)
+  [[ -n $garage ]] || fail "compose started no S3 store (service garage)"
+  # objects_in_bucket: the object count of the bucket "otter": from Garage's own CLI, or the
+  # files in s3s-fs's bucket directory.
+  objects_in_bucket() {
+    if [[ -n $garage_image ]]; then
+      podman exec "$garage" /garage bucket info otter 2>/dev/null | awk '/^Objects:/ {print $2}'
+    else
+      podman exec "$garage" find /var/lib/garage/data/otter -type f 2>/dev/null | grep -vc '\.s3s-fs' || true
+    fi
+  }
+  before=$(objects_in_bucket)
+  [[ $before =~ ^[0-9]+$ && $before -gt 0 ]] \
+    || fail "the bucket otter holds no objects after the server started (${before:-no answer}): is the server's store really S3?"
   network=$(podman inspect --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$server")
   publish_and_fetch "$url" "$server" "$network" compose http://otter-server:8080
+  after=$(objects_in_bucket)
+  [[ $after =~ ^[0-9]+$ && $after -gt $before ]] \
+    || fail "the bucket otter did not grow with the publish ($before -> ${after:-no answer} objects)"
+  say "the bucket otter: $before -> $after objects (the repository and the bundle are in S3)"
   step "compose: SIGTERM the server (podman stop), then down -v"
-  podman stop -t 45 "$server" >/dev/null
+  podman stop -t 45 "$server" >/dev/null 2>>"$work/run.err"
   code=$(podman inspect --format '{{.State.ExitCode}}' "$server")
   [[ $code == 0 ]] || fail "otter-server under compose exited with status $code on SIGTERM"
   say "the server exited with status 0"

@@ -178,18 +178,7 @@ pub fn list(c: &Connection, limit: usize, open_only: bool) -> Result<Vec<Alert>,
             i64::from(open_only),
             i64::try_from(limit).unwrap_or(i64::MAX)
         ],
-        |r| {
-            Ok(Alert {
-                id: r.get(0)?,
-                device_id: r.get(1)?,
-                kind: r.get(2)?,
-                detail: r.get(3)?,
-                event_at: r.get(4)?,
-                raised_at: r.get(5)?,
-                acknowledged_at: r.get(6)?,
-                webhook: r.get(7)?,
-            })
-        },
+        alert_row,
     )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -462,9 +451,14 @@ pub fn take_pending(
     };
     if let Some(oldest) = taken.last().map(|a| a.id) {
         tx.execute(
-            "UPDATE alerts SET webhook = 'failed: pending when the server stopped; beyond the newest 1000 sent again'
-             WHERE webhook = 'pending' AND id < ?1",
-            [oldest],
+            "UPDATE alerts SET webhook = ?2 WHERE webhook = 'pending' AND id < ?1",
+            params![
+                oldest,
+                format!(
+                    "failed: pending when the server stopped; beyond the newest \
+                     {RESUME_MAX_ALERTS} sent again"
+                )
+            ],
         )?;
     }
     tx.commit()?;
@@ -615,18 +609,7 @@ pub fn get(c: &Connection, id: i64) -> Result<Option<Alert>, AlertsError> {
         "SELECT id, device_id, kind, detail, event_at, raised_at, acknowledged_at, webhook
          FROM alerts WHERE id = ?1",
         [id],
-        |r| {
-            Ok(Alert {
-                id: r.get(0)?,
-                device_id: r.get(1)?,
-                kind: r.get(2)?,
-                detail: r.get(3)?,
-                event_at: r.get(4)?,
-                raised_at: r.get(5)?,
-                acknowledged_at: r.get(6)?,
-                webhook: r.get(7)?,
-            })
-        },
+        alert_row,
     )
     .optional()?)
 }

@@ -176,7 +176,11 @@ fn each_route_admits_exactly_its_roles() {
             ("POST", "/api/v1/devices/{id}/transfers", transferring),
             ("GET", "/api/v1/devices/{id}/transfers", transferring),
             ("GET", "/api/v1/device/transfers", Access::DeviceSignature),
-            ("GET", "/api/v1/device/transfers/{id}", Access::DeviceSignature),
+            (
+                "GET",
+                "/api/v1/device/transfers/{id}",
+                Access::DeviceSignature,
+            ),
         ] {
             assert!(API_ROUTES.contains(&route), "{route:?} is in the table");
         }

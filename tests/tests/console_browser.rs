@@ -3,7 +3,8 @@
 //! backed up by the real `otter-agent`. Sign-in with an API token; the fleet page shows the
 //! enrolled agent; a rollout paused from the console keeps `otter-agent update` from
 //! installing the release, and resuming it lets the update through; a restore request is
-//! refused for an auditor (403) and accepted for a restorer; a CSRF-less post (plain HTTP
+//! refused for an auditor (403) and accepted for a restorer, who then orders a repair
+//! through its confirmation page; a CSRF-less post (plain HTTP
 //! with the browser's own session cookie) is refused and changes nothing; sign-out works; an
 //! auditor sees no rollout controls. Screenshots of the main pages are taken on every run;
 //! with `OTTER_SCREENSHOTS=1` they are written to `docs/screenshots/`.
@@ -413,6 +414,24 @@ fn the_console_works_in_headless_chromium() {
     let requests = b.wait_text("#restore-requests");
     assert!(
         requests.contains("replacement terminal for lane 7"),
+        "{requests}"
+    );
+    assert!(requests.contains("pending"), "{requests}");
+
+    // The restorer orders a repair: the confirmation page says what it will lose, the typed
+    // confirmation orders it, and the request is listed as a repair.
+    b.click(&b.find("#repair"));
+    let loss = b.wait_text("#repair-loss");
+    assert!(loss.contains("What the repair will lose"), "{loss}");
+    b.type_into(&b.find("#repair-reason"), "quick_check failed on lane 7");
+    b.type_into(&b.find("#repair-confirm"), &device_id);
+    b.click(&b.find("#order-repair"));
+    let ordered = b.wait_text("#repair-ordered");
+    assert!(ordered.contains("was ordered"), "{ordered}");
+    let requests = b.wait_text("#restore-requests");
+    assert!(
+        requests.contains("repair: newest backup that verifies")
+            && requests.contains("quick_check failed on lane 7"),
         "{requests}"
     );
 

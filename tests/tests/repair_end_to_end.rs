@@ -70,11 +70,7 @@ fn backup(state: &Path, db: &Path) {
 
 #[test]
 fn a_repair_restores_the_newest_backup_that_verifies_and_reports_the_loss() {
-    let recovery = otter_keys::age::x25519::Identity::generate();
-    let fleet = Fleet::start(&format!(
-        "[backups]\nrecovery_recipient = \"{}\"\n",
-        recovery.to_public()
-    ));
+    let fleet = Fleet::builder().recovery_key().start();
     let restorer = fleet.token("restorer");
     let t = fleet.enroll("lane-1");
     let db = t.state.parent().unwrap().join("pos.db");

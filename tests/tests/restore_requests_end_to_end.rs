@@ -62,11 +62,7 @@ fn post(fleet: &Fleet, path: &str, token: &str, body: &Value) -> (u16, Value) {
 
 #[test]
 fn a_restorer_requests_a_restore_and_the_terminal_carries_it_out() {
-    let recovery = otter_keys::age::x25519::Identity::generate();
-    let fleet = Fleet::start(&format!(
-        "[backups]\nrecovery_recipient = \"{}\"\n",
-        recovery.to_public()
-    ));
+    let fleet = Fleet::builder().recovery_key().start();
     let restorer = fleet.token("restorer");
     let auditor = fleet.token("auditor");
     let t = fleet.enroll("lane-1");

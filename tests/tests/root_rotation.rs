@@ -5,10 +5,12 @@
 //! agent and python-tuf (each holding metadata signed by the revoked key) follow the rotation
 //! and install or download a release published after it. Roots that skip a version, carry
 //! only the old or only the new threshold, have expired, are malformed or come with a
-//! non-admin token are refused with a JSON 4xx and change nothing. A restart keeps the new
-//! key. Finally the database is replaced by a copy taken before the rotation: `serve`
-//! refuses to start (the store is ahead), and with `--resume-above-store` it adopts the
-//! store's verified root v2 and re-signs above the store's versions, and the agent updates.
+//! non-admin token are refused with a JSON 4xx and change nothing. Root v3 then rotates the
+//! targets and snapshot keys (targets re-signed with its new key; clients follow again). A
+//! restart keeps the new keys. Finally the database is replaced by a copy taken before the
+//! rotations: `serve` refuses to start (the store is ahead), and with `--resume-above-store`
+//! it adopts the store's roots v2 and v3 (each verified as a successor) and re-signs above
+//! the store's versions, and the agent updates.
 //!
 //! Needs the binaries (`cargo build --workspace`) and the python-tuf venv
 //! (`scripts/python-venv.sh`, or `OTTER_PYTHON`).
@@ -581,6 +583,85 @@ fn a_rotated_root_and_timestamp_key_are_taken_by_the_running_server_and_followed
         .unwrap());
     assert!(audit.contains("root.rotate"), "{audit}");
 
+    // Version 3 rotates the targets and snapshot keys: targets is re-signed with its new key
+    // right away, and clients follow again.
+    let t_prefix = format!(
+        "targets={}",
+        &root2.signed().role("targets").unwrap().keyids[0].0[..12]
+    );
+    let s_prefix = format!(
+        "snapshot={}",
+        &root2.signed().role("snapshot").unwrap().keyids[0].0[..12]
+    );
+    ok(s.keys(&[
+        "root",
+        "rotate",
+        "--dir",
+        c.to_str().unwrap(),
+        "--remove-key",
+        &t_prefix,
+        "--generate-key",
+        "targets",
+        "--remove-key",
+        &s_prefix,
+        "--generate-key",
+        "snapshot",
+        "--sign-with",
+        k1s,
+        "--sign-with",
+        k2s,
+    ]));
+    let root3_file = c.join("3.root.json");
+    let root3 = root_of(&root3_file);
+    let err = refused(
+        &s.push(&server, &s.admin, &root3_file),
+        "online_keys_missing",
+    );
+    assert!(err.contains("targets") && err.contains("snapshot"), "{err}");
+    ok(s.host(&[
+        "keys",
+        "import",
+        "--root",
+        root3_file.to_str().unwrap(),
+        "--passphrase-file",
+        s.pass.to_str().unwrap(),
+        c.join("keys/targets-v3-1.key").to_str().unwrap(),
+        c.join("keys/snapshot-v3-1.key").to_str().unwrap(),
+    ]));
+    let pushed = ok(s.push(&server, &s.admin, &root3_file));
+    assert!(pushed.contains("root version 3 accepted"), "{pushed}");
+    let ts: Metadata<Timestamp> = Metadata::from_bytes(
+        &get(&format!("{}/repo/metadata/timestamp.json", server.url)).1,
+        1 << 20,
+    )
+    .unwrap();
+    let snap_v = ts.signed().snapshot_meta().unwrap().version;
+    let snap: Metadata<otter_keys::metadata::Snapshot> = Metadata::from_bytes(
+        &get(&format!(
+            "{}/repo/metadata/{snap_v}.snapshot.json",
+            server.url
+        ))
+        .1,
+        1 << 20,
+    )
+    .unwrap();
+    root3.verify_by(&snap, "snapshot").unwrap();
+    let targets_v = snap.signed().meta["targets.json"].version;
+    let targets: Metadata<otter_keys::metadata::Targets> = Metadata::from_bytes(
+        &get(&format!(
+            "{}/repo/metadata/{targets_v}.targets.json",
+            server.url
+        ))
+        .1,
+        1 << 20,
+    )
+    .unwrap();
+    root3.verify_by(&targets, "targets").unwrap();
+    assert!(root2.verify_by(&targets, "targets").is_err());
+    s.publish(&server, "1.1.5");
+    assert!(s.update().contains("installed 1.1.5"));
+    assert_eq!(s.python_download(&server, "1.1.5"), bundle("1.1.5"));
+
     // A restart signs with the installed key the current root names.
     let mut server = server;
     let old_url = server.url.clone();
@@ -601,7 +682,7 @@ fn a_rotated_root_and_timestamp_key_are_taken_by_the_running_server_and_followed
     std::fs::copy(&old_db, s.data.join("otter.db")).unwrap();
     let err = serve_refuses(&s, &[]);
     assert!(
-        err.contains("root version 2 in the store, 1 in the database")
+        err.contains("root version 3 in the store, 1 in the database")
             && err.contains("--resume-above-store")
             && err.contains("docs/disaster-recovery.md"),
         "{err}"
@@ -620,7 +701,7 @@ fn a_rotated_root_and_timestamp_key_are_taken_by_the_running_server_and_followed
     )
     .unwrap();
     assert!(ts.signed().version > seen.signed().version);
-    root2.verify_by(&ts, "timestamp").unwrap();
+    root3.verify_by(&ts, "timestamp").unwrap();
     // The terminal trusts versions the old database never signed, and accepts the
     // re-signed ones; a release published now reaches it.
     s.publish(&server, "1.3.0");

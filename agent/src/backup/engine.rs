@@ -2,10 +2,13 @@
 //!
 //! 1. Reconcile the local index with the store (a manifest stored by a run that was killed
 //!    before it could update the index is adopted, after checking the device's signature).
-//! 2. Snapshot the live database (one backup step), count rows, read the schema version.
+//! 2. Snapshot the live database (one backup step); count rows, read the schema version.
 //! 3. Read the snapshot page by page: keyed BLAKE3 chunk id per page; pages whose chunk the
 //!    store already holds are referenced, new ones are zstd-compressed into packs of about
 //!    the configured size. Each pack is encrypted, stored, and recorded locally at once.
+//!    This runs as a pipeline: a reader thread (whole-file hashes), one page worker per
+//!    core (ids and compression), the packer in page order, and the row counts of step 2
+//!    on a thread of their own meanwhile.
 //! 4. Seal the manifest body (page map, chunk locations, file hashes, row counts), sign the
 //!    header chained to the previous manifest, store it, and commit the local index.
 //!

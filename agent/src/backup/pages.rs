@@ -272,6 +272,41 @@ impl PageDecompressor {
     }
 }
 
+impl PageDecompressor {
+    /// [`PageDecompressor::decompress`] into `page`, whose buffer is reused: its capacity is
+    /// kept at one page, so decoding can never produce more than that.
+    pub fn decompress_into(
+        &mut self,
+        page_index: u64,
+        data: &[u8],
+        page: &mut Vec<u8>,
+    ) -> Result<(), PageError> {
+        page.clear();
+        page.shrink_to(self.page_size);
+        page.reserve_exact(self.page_size);
+        let n = self
+            .inner
+            .decompress_to_buffer(data, page)
+            .map_err(|e| PageError::Codec {
+                page: page_index,
+                reason: format!(
+                    "compressed page is damaged or decompresses to more than {} bytes: {e}",
+                    self.page_size
+                ),
+            })?;
+        if n != self.page_size || page.len() != self.page_size {
+            return Err(PageError::Codec {
+                page: page_index,
+                reason: format!(
+                    "decompresses to {n} bytes, not the page size {}",
+                    self.page_size
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What a manifest records about a database, and restore checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbFacts {
@@ -390,6 +425,16 @@ mod tests {
         let z = c.compress(0, &page).unwrap();
         assert!(z.len() < 200);
         assert_eq!(d.decompress(0, &z).unwrap(), page);
+        let mut out = Vec::new();
+        d.decompress_into(0, &z, &mut out).unwrap();
+        assert_eq!(out, page);
+        for bad in [
+            c.compress(1, &vec![0u8; 8192]).unwrap(),
+            b"garbage".to_vec(),
+        ] {
+            assert!(d.decompress_into(1, &bad, &mut out).is_err());
+            assert!(out.capacity() <= 2 * 4096);
+        }
         let big = c.compress(1, &vec![0u8; 8192]).unwrap();
         assert!(d.decompress(1, &big).is_err());
         let small = c.compress(2, &[0u8; 100]).unwrap();

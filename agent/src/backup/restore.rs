@@ -3,6 +3,11 @@
 //! check it (pages, whole-file hashes, `PRAGMA integrity_check`, row counts), and only then
 //! replace the target atomically. If anything fails the target is not touched.
 //!
+//! Packs are fetched, checked and decrypted on the calling thread while page writers (one
+//! per core) decompress, check and write the pages; the fsync, the whole-file hashes (read
+//! back from the file) and the database checks (on a read-only connection) then run at the
+//! same time.
+//!
 //! The identity may be the terminal's own backup key or the fleet recovery key (restoring a
 //! dead terminal's backup onto its replacement): the page ids are checked with the chunk key
 //! carried in the encrypted body, or one the caller gives.
@@ -730,6 +735,10 @@ fn rebuild(
             chunks_of.entry(loc.pack).or_default().push((*chunk, *loc));
         }
     }
+    // In pack order: pages were packed in page order, so the writes go mostly in order.
+    for chunks in chunks_of.values_mut() {
+        chunks.sort_unstable_by_key(|(_, loc)| loc.offset);
+    }
     let writers = Writers {
         pages_of: &pages_of,
         chunk_key,
@@ -873,7 +882,8 @@ impl Writers<'_> {
 
     fn write_jobs(&self, jobs: &Mutex<Receiver<PageJob>>) -> Result<(), RestoreError> {
         let mut decompressor = PageDecompressor::new(self.page_size)?;
-        let page_size = u64::from(self.page_size);
+        let mut page = Vec::new();
+        let mut run = PageRun::new(self.page_size);
         loop {
             // A poisoned lock only means another writer panicked; the channel is still whole.
             let next = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
@@ -886,21 +896,73 @@ impl Writers<'_> {
             for (chunk, loc) in &job.chunks {
                 let indices = self.pages_of.get(chunk).map(Vec::as_slice).unwrap_or(&[]);
                 let first = indices.first().copied().unwrap_or(0);
-                let page = decompressor.decompress(first, job.pack.at(loc)?)?;
+                decompressor.decompress_into(first, job.pack.at(loc)?, &mut page)?;
                 if &self.chunk_key.chunk_id(&page) != chunk {
                     return Err(RestoreError::Verify(format!(
                         "page {first} does not match its chunk id {chunk} (swapped or damaged chunk)"
                     )));
                 }
                 for &i in indices {
-                    self.temp
-                        .file
-                        .write_all_at(&page, i * page_size)
-                        .map_err(self.temp.io("cannot write"))?;
-                    self.written.fetch_add(1, Ordering::Relaxed);
+                    if !run.extends(i) {
+                        self.flush(&mut run)?;
+                    }
+                    run.push(i, &page);
                 }
             }
+            self.flush(&mut run)?;
         }
+    }
+
+    /// Writes the run of consecutive pages collected so far with one positioned write.
+    fn flush(&self, run: &mut PageRun) -> Result<(), RestoreError> {
+        if run.bytes.is_empty() {
+            return Ok(());
+        }
+        self.temp
+            .file
+            .write_all_at(&run.bytes, run.first * run.page_size)
+            .map_err(self.temp.io("cannot write"))?;
+        self.written.fetch_add(run.pages(), Ordering::Relaxed);
+        run.bytes.clear();
+        Ok(())
+    }
+}
+
+/// Pages at consecutive indices, collected to be written with one call.
+struct PageRun {
+    page_size: u64,
+    first: u64,
+    bytes: Vec<u8>,
+}
+
+impl PageRun {
+    /// Bytes of pages written at once, at most.
+    const MAX_BYTES: usize = 256 * 1024;
+
+    fn new(page_size: u32) -> Self {
+        PageRun {
+            page_size: u64::from(page_size),
+            first: 0,
+            bytes: Vec::with_capacity(Self::MAX_BYTES.max(page_size as usize)),
+        }
+    }
+
+    fn pages(&self) -> u64 {
+        self.bytes.len() as u64 / self.page_size.max(1)
+    }
+
+    /// Whether page `index` can be appended (the run is empty, or it is the next page and
+    /// there is room).
+    fn extends(&self, index: u64) -> bool {
+        self.bytes.is_empty()
+            || (index == self.first + self.pages() && self.bytes.len() < Self::MAX_BYTES)
+    }
+
+    fn push(&mut self, index: u64, page: &[u8]) {
+        if self.bytes.is_empty() {
+            self.first = index;
+        }
+        self.bytes.extend_from_slice(page);
     }
 }
 

@@ -515,6 +515,69 @@ pub fn export_files(
 mod tests {
     use super::*;
 
+    /// An entry of a test tar: raw name, entry type, data.
+    type RawEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8]);
+
+    /// A tar of `entries`.
+    fn tar_of(entries: &[RawEntry]) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut b = tar::Builder::new(f.reopen().unwrap());
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.finish().unwrap();
+        f
+    }
+
+    #[test]
+    fn hostile_or_incomplete_uploads_are_refused_and_nothing_escapes() {
+        let work = tempfile::tempdir().unwrap();
+        let dev = "0123456789abcdef0123456789abcdef";
+        let desc = format!(
+            "{{\"format\":1,\"device_id\":\"{dev}\",\"device_public_key\":\"{}\"}}",
+            hex::encode(otter_keys::crypto::SigningKey::from_seed(&[3; 32]).public_bytes())
+        );
+        let cases: Vec<(Vec<RawEntry>, &str)> = vec![
+            (
+                vec![(b"../escaped", tar::EntryType::Regular, b"x")],
+                "not part of a transfer",
+            ),
+            (
+                vec![(b"transfer.json", tar::EntryType::Symlink, b"")],
+                "not a regular file",
+            ),
+            (
+                vec![(b"transfer.json", tar::EntryType::Regular, desc.as_bytes())],
+                "no manifest",
+            ),
+            (
+                vec![
+                    (b"transfer.json", tar::EntryType::Regular, desc.as_bytes()),
+                    (b"transfer.json", tar::EntryType::Regular, desc.as_bytes()),
+                ],
+                "twice",
+            ),
+            (
+                vec![(b"transfer.json", tar::EntryType::Regular, b"{}")],
+                "transfer.json",
+            ),
+        ];
+        for (entries, expected) in cases {
+            let tar = tar_of(&entries);
+            let err = unpack_checked(tar.path(), work.path(), 1 << 20).unwrap_err();
+            assert!(err.to_string().contains(expected), "{expected}: {err}");
+        }
+        assert!(!work.path().parent().unwrap().join("escaped").exists());
+        // Every unpacking directory is gone again.
+        assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+    }
+
     #[test]
     fn only_the_transfer_layout_is_accepted() {
         let dev = "0123456789abcdef0123456789abcdef";

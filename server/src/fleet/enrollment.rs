@@ -214,15 +214,29 @@ pub struct Enrolled {
     pub hardware_model: String,
     /// Enrollment time, Unix seconds.
     pub enrolled_at: i64,
+    /// Its backups are write-only (the fleet's or its group's `[backups]` setting): it is
+    /// told to keep no backup identity and to encrypt to the recovery key alone.
+    pub backups_write_only: bool,
 }
 
 /// Enrolls a device: in one transaction, checks the token (known, unused, unexpired) and
 /// that the identity key is new, records the device and marks the token used. Any refusal
-/// leaves the database as it was.
+/// leaves the database as it was. Not write-only; see [`enroll_with`].
 pub fn enroll(
     conn: &mut Connection,
     req: &EnrollRequest,
     now: i64,
+) -> Result<Enrolled, FleetError> {
+    enroll_with(conn, req, now, |_| false)
+}
+
+/// [`enroll`], with `write_only` deciding from the token's group whether the device's
+/// backups are write-only; the decision is recorded in the `device.enroll` audit entry.
+pub fn enroll_with(
+    conn: &mut Connection,
+    req: &EnrollRequest,
+    now: i64,
+    write_only: impl Fn(Option<&str>) -> bool,
 ) -> Result<Enrolled, FleetError> {
     req.validate()?;
     if !looks_like_token(&req.token) {
@@ -271,6 +285,7 @@ pub fn enroll(
     let mut raw = [0u8; 16];
     random_bytes(&mut raw)?;
     let device_id = hex::encode(raw);
+    let backups_write_only = write_only(group.as_deref());
     tx.execute(
         "INSERT INTO devices (device_id, public_key, backup_recipient, hardware_model,
                               device_group, enrollment_token, enrolled_at)
@@ -299,6 +314,7 @@ pub fn enroll(
             "group": group,
             "enrollment_token": token_id,
             "public_key": req.public_key,
+            "backups_write_only": backups_write_only,
         }),
         now,
     )
@@ -312,6 +328,7 @@ pub fn enroll(
         group,
         hardware_model: req.hardware_model.clone(),
         enrolled_at: now,
+        backups_write_only,
     })
 }
 
@@ -347,6 +364,7 @@ mod tests {
         assert_eq!(info.expires_at, 3700);
         let e = enroll(&mut c, &request(t.expose_dangerous()), 200).unwrap();
         assert_eq!(e.group.as_deref(), Some("lane-1"));
+        assert!(!e.backups_write_only);
         assert_eq!(e.device_id.len(), 32);
         assert!(matches!(
             enroll(&mut c, &request(t.expose_dangerous()), 201),
@@ -356,6 +374,41 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn the_write_only_decision_follows_the_group_and_is_audited() {
+        let mut c = db();
+        let (_, t) = create_enrollment_token(&c, Some("lab"), 3600, None, 100).unwrap();
+        let e = enroll_with(&mut c, &request(t.expose_dangerous()), 200, |g| {
+            g == Some("lab")
+        })
+        .unwrap();
+        assert!(e.backups_write_only);
+        let (_, t) = create_enrollment_token(&c, Some("shop"), 3600, None, 100).unwrap();
+        let e = enroll_with(&mut c, &request(t.expose_dangerous()), 200, |g| {
+            g == Some("lab")
+        })
+        .unwrap();
+        assert!(!e.backups_write_only);
+        let audited: Vec<String> = c
+            .prepare("SELECT details FROM audit_log WHERE action = 'device.enroll' ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(audited.len(), 2);
+        assert!(
+            audited[0].contains("\"backups_write_only\":true"),
+            "{}",
+            audited[0]
+        );
+        assert!(
+            audited[1].contains("\"backups_write_only\":false"),
+            "{}",
+            audited[1]
+        );
     }
 
     #[test]

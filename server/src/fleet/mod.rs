@@ -17,7 +17,7 @@ pub use devices::{
     DeviceInfo, DeviceKey, RequestSeen,
 };
 pub use enrollment::{
-    create_enrollment_token, enroll, enrollment_token, list_enrollment_tokens,
+    create_enrollment_token, enroll, enroll_with, enrollment_token, list_enrollment_tokens,
     revoke_enrollment_token, EnrollRequest, Enrolled, EnrollmentTokenInfo, DEFAULT_TOKEN_TTL_SECS,
     MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS,
 };

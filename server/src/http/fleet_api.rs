@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::db::unix_now;
 use crate::fleet::{
-    create_enrollment_token, enroll as enroll_device, list_devices as list, store_report,
+    create_enrollment_token, enroll_with as enroll_device, list_devices as list, store_report,
     DeviceFilter, DeviceReport, EnrollRequest, FleetError, DEFAULT_TOKEN_TTL_SECS,
 };
 
@@ -257,9 +257,14 @@ pub async fn enroll(
         )
     })?;
     request.validate().map_err(fleet_err)?;
+    let backups = state.backups.clone();
     let enrolled = state
         .db
-        .call(move |c| Ok(enroll_device(c, &request, unix_now())))
+        .call(move |c| {
+            Ok(enroll_device(c, &request, unix_now(), |g| {
+                backups.write_only_for(g)
+            }))
+        })
         .await
         .map_err(db_err)?
         .map_err(|e| {
@@ -272,7 +277,6 @@ pub async fn enroll(
         group = ?enrolled.group,
         "device enrolled"
     );
-    let write_only = state.backups.write_only_for(enrolled.group.as_deref());
     let info = req.connection_info();
     let base = format!("{}://{}", info.scheme(), info.host());
     Ok(HttpResponse::build(StatusCode::CREATED)
@@ -285,7 +289,7 @@ pub async fn enroll(
             "metadata_url": format!("{base}/repo/metadata/"),
             "targets_url": format!("{base}/repo/targets/"),
             "recovery_recipient": state.backups.recovery_recipient.as_deref().map(str::trim),
-            "backups_write_only": write_only,
+            "backups_write_only": enrolled.backups_write_only,
         })))
 }
 

@@ -565,10 +565,20 @@ pub async fn log_request(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
     let method = req.method().clone();
-    let path: String = req.path().chars().take(256).collect();
+    // Shares the request's buffer: no copy unless a line is written.
+    let uri = req.uri().clone();
     let res = next.call(req).await;
-    log_done(&res, &method, &path, start);
+    log_done(&res, &method, short(uri.path()), start);
     res
+}
+
+/// At most the first 256 bytes of `path` (on a character boundary).
+fn short(path: &str) -> &str {
+    let mut end = path.len().min(256);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
 }
 
 fn log_done<B>(

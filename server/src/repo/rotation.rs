@@ -801,6 +801,150 @@ pub(super) type KeysHandle = std::sync::RwLock<Arc<OnlineKeys>>;
 mod tests {
     use super::*;
 
+    use otter_keys::keyfile::save_signing_key;
+    use otter_keys::metadata::RoleKeys;
+    use std::collections::BTreeMap;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_seed(&[n; 32])
+    }
+
+    /// A root naming key `root` for root and `t`, `s`, `ts` for the online roles.
+    fn root_with(version: u64, ks: [&SigningKey; 4]) -> Root {
+        let names = ["root", "targets", "snapshot", "timestamp"];
+        Root {
+            type_: "root".into(),
+            spec_version: otter_keys::metadata::SPEC_VERSION.into(),
+            consistent_snapshot: Some(true),
+            version,
+            expires: UtcTime::now().plus_days(30),
+            keys: ks.iter().map(|k| (k.key_id(), k.public_key())).collect(),
+            roles: names
+                .iter()
+                .zip(ks)
+                .map(|(n, k)| {
+                    (
+                        (*n).to_string(),
+                        RoleKeys {
+                            keyids: vec![k.key_id()],
+                            threshold: 1,
+                            extra: BTreeMap::new(),
+                        },
+                    )
+                })
+                .collect(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    fn source(dir: &Path) -> KeySource {
+        KeySource {
+            dir: dir.to_path_buf(),
+            pass: SecretString::from("server pass".to_string()),
+        }
+    }
+
+    fn save(path: &Path, k: &SigningKey, pass: &str) {
+        save_signing_key(path, k, "test", &SecretString::from(pass.to_string()), 10).unwrap();
+    }
+
+    #[test]
+    fn keys_are_chosen_by_the_roots_key_ids_and_imports_are_checked_before_writing() {
+        let d = tempfile::tempdir().unwrap();
+        let keys_dir = d.path().join("keys");
+        std::fs::create_dir(&keys_dir).unwrap();
+        let src = source(&keys_dir);
+        for (role, n) in [("targets", 2), ("snapshot", 3), ("timestamp", 4)] {
+            save(
+                &keys_dir.join(format!("{role}.key")),
+                &key(n),
+                "server pass",
+            );
+        }
+        let v1 = root_with(1, [&key(1), &key(2), &key(3), &key(4)]);
+        let k = load_online_keys(&src, &v1).unwrap();
+        assert_eq!(k.timestamp.key_id(), key(4).key_id());
+
+        // Version 2 names a new timestamp key: missing until imported.
+        let v2 = root_with(2, [&key(1), &key(2), &key(3), &key(9)]);
+        let Err(missing) = find_online_keys(&src, &v2, Some(&k)).unwrap() else {
+            panic!("the new timestamp key is not installed yet")
+        };
+        assert_eq!(
+            missing,
+            vec![MissingKey {
+                role: "timestamp",
+                key_ids: vec![key(9).key_id()]
+            }]
+        );
+        let err = load_online_keys(&src, &v2).err().unwrap().to_string();
+        assert!(
+            err.contains("timestamp") && err.contains(&key(9).key_id().0),
+            "{err}"
+        );
+
+        let outside = d.path().join("ceremony");
+        std::fs::create_dir(&outside).unwrap();
+        let (good, wrong_pass, root_key, stranger) = (
+            outside.join("timestamp-v2-1.key"),
+            outside.join("wrong-pass.key"),
+            outside.join("root-1.key"),
+            outside.join("stranger.key"),
+        );
+        save(&good, &key(9), "server pass");
+        save(&wrong_pass, &key(9), "another pass");
+        save(&root_key, &key(1), "server pass");
+        save(&stranger, &key(7), "server pass");
+        for (bad, why) in [
+            (&wrong_pass, "online passphrase"),
+            (&root_key, "is a root key"),
+            (&stranger, "does not authorise"),
+        ] {
+            let err = import_keys(&src, &v2, &[good.clone(), bad.clone()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{err}");
+            // Nothing written: the good key came first but was not installed.
+            assert!(!keys_dir
+                .join(installed_key_name("timestamp", &key(9).key_id()))
+                .exists());
+        }
+        let done = import_keys(&src, &v2, std::slice::from_ref(&good)).unwrap();
+        assert_eq!(done.len(), 1);
+        assert!(done[0].new && done[0].role == "timestamp");
+        let again = import_keys(&src, &v2, std::slice::from_ref(&good)).unwrap();
+        assert!(!again[0].new);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&done[0].path)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Now found, and the unchanged roles reuse the current keys.
+        let k2 = find_online_keys(&src, &v2, Some(&k)).unwrap().unwrap();
+        assert_eq!(k2.timestamp.key_id(), key(9).key_id());
+        assert_eq!(k2.targets.key_id(), key(2).key_id());
+        // After a restart (no current keys) the installed file is chosen over timestamp.key.
+        let k3 = load_online_keys(&src, &v2).unwrap();
+        assert_eq!(k3.timestamp.key_id(), key(9).key_id());
+    }
+
+    #[test]
+    fn roots_the_server_cannot_sign_under_are_refused() {
+        let mut r = root_with(2, [&key(1), &key(2), &key(3), &key(4)]);
+        check_servable(&r).unwrap();
+        r.consistent_snapshot = None;
+        assert!(check_servable(&r)
+            .unwrap_err()
+            .contains("consistent snapshots"));
+        let mut r = root_with(2, [&key(1), &key(2), &key(3), &key(4)]);
+        r.roles.get_mut("snapshot").unwrap().threshold = 2;
+        assert!(check_servable(&r).unwrap_err().contains("threshold"));
+    }
+
     #[test]
     fn versioned_names_are_parsed_for_top_level_roles_only() {
         assert_eq!(versioned_name("12.targets.json"), Some((12, "targets")));

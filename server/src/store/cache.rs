@@ -91,13 +91,14 @@ impl Inner {
         }
     }
 
-    fn put(&mut self, name: &str, value: Cached) {
+    fn put(&mut self, name: &str, value: Cached, now: u64) {
         self.remove(name);
         match &value {
             Cached::File(f) => {
                 if f.bytes.len() > MAX_FILE_BYTES {
                     return;
                 }
+                f.last_used.store(now, Ordering::Relaxed);
                 self.bytes += f.cost();
             }
             Cached::Missing => {
@@ -144,6 +145,7 @@ pub struct MetadataCache {
     inner: RwLock<Inner>,
     /// Serializes metadata writes with their cache updates (see [`super::Store::put`]).
     pub(super) writes: tokio::sync::Mutex<()>,
+    /// Advanced by each insert; a file's `last_used` is the clock when it was last read.
     clock: AtomicU64,
 }
 
@@ -176,8 +178,13 @@ impl MetadataCache {
     pub fn get(&self, name: &str) -> Option<Cached> {
         let hit = self.read().files.get(name).cloned();
         if let Some(Cached::File(f)) = &hit {
-            let now = self.clock.fetch_add(1, Ordering::Relaxed);
-            f.last_used.store(now, Ordering::Relaxed);
+            // The clock moves on each insert only, so a file read again and again is
+            // written once per insert, not on every read (two workers writing one cache
+            // line on every request slow both down).
+            let now = self.clock.load(Ordering::Relaxed);
+            if f.last_used.load(Ordering::Relaxed) != now {
+                f.last_used.store(now, Ordering::Relaxed);
+            }
         }
         hit
     }
@@ -195,7 +202,8 @@ impl MetadataCache {
         if inner.generation != generation {
             return false;
         }
-        inner.put(name, found.map_or(Cached::Missing, Cached::File));
+        let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        inner.put(name, found.map_or(Cached::Missing, Cached::File), now);
         true
     }
 
@@ -204,7 +212,8 @@ impl MetadataCache {
     pub fn insert(&self, name: &str, file: Arc<CachedFile>) {
         let mut inner = self.write();
         inner.generation += 1;
-        inner.put(name, Cached::File(file));
+        let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        inner.put(name, Cached::File(file), now);
     }
 
     /// Forgets `name` (after a write of it failed or was not fully known, or a delete): the
