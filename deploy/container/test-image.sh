@@ -204,6 +204,9 @@ else
   if [[ -n $old_id && $old_id != "$new_id" ]]; then
     podman rmi "$old_id" >/dev/null 2>&1 || true # the previous build's image, now untagged
   fi
+  # The build stage's intermediate images (about 35 MB each, one set per source change);
+  # the compiled crates stay in the cache mount.
+  podman image prune -f --filter label=org.otter.stage=build >/dev/null 2>&1 || true
   say "built in $((SECONDS - start)) s ($(grep -c '^ *Compiling ' "$otter_cache/build.log") crates compiled): $(podman image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')"
 fi
 [[ $(podman image inspect --format '{{.Config.User}}' "$image") == 10001:10001 ]] \
@@ -278,8 +281,11 @@ if [[ $what != compose ]]; then
     [[ -n $b && -x $b ]] && { keys_bin=$b; break; }
   done
   if [[ -z $keys_bin ]]; then
-    say "production init: skipped (no otter-keys binary: cargo build -p otter-keys)"
-  else
+    step "cargo build -p otter-keys (for the ceremony)"
+    cargo build --locked --quiet -p otter-keys --bin otter-keys || fail "cargo build -p otter-keys"
+    keys_bin=target/debug/otter-keys
+  fi
+  if [[ -x $keys_bin ]]; then
     step "production repository: otter-keys ceremony ($keys_bin), init into a volume, serve"
     ceremony=$work/ceremony
     printf 'container test root passphrase\n' >"$work/root-pass"

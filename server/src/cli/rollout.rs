@@ -34,6 +34,17 @@ impl ApiArgs {
     /// Sends a request to `path` (under the base URL); returns the JSON answer of a 2xx, or
     /// the server's error as an error.
     pub fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        self.call_raw(method, path, body.map(|b| b.to_string().into_bytes()))
+    }
+
+    /// [`ApiArgs::call`] with a body sent exactly as given (a signed JSON file, byte for
+    /// byte), as `application/json`.
+    pub fn call_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Value> {
         let token = self.token()?;
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
         let client = super::api_client(&self.server, Duration::from_secs(120))?;
@@ -41,7 +52,9 @@ impl ApiArgs {
             .request(method.clone(), &url)
             .bearer_auth(token.as_str());
         if let Some(b) = body {
-            req = req.json(&b);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
         }
         let res = req.send().with_context(|| format!("{method} {url}"))?;
         let status = res.status();

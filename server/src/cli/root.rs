@@ -73,9 +73,8 @@ pub fn run_root(cmd: RootCommand) -> Result<()> {
     match cmd {
         RootCommand::Push { root, api } => {
             let (bytes, md) = read_root(&root)?;
-            let body: Value = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not JSON", root.display()))?;
-            let answer = api.call(reqwest::Method::PUT, "/api/v1/root", Some(body))?;
+            // The file itself, byte for byte: the server serves exactly what was signed.
+            let answer = api.call_raw(reqwest::Method::PUT, "/api/v1/root", Some(bytes))?;
             let rotated: Vec<&str> = answer["rotated_roles"]
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_str).collect())

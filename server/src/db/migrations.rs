@@ -318,7 +318,8 @@ CREATE TABLE root_rotations (
     },
     Migration {
         version: 14,
-        name: "backup transfers: another device's backup re-encrypted for a device, ciphertext only",
+        name:
+            "backup transfers: another device's backup re-encrypted for a device, ciphertext only",
         sql: crate::backups::transfers::SCHEMA,
     },
 ];
