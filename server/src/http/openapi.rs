@@ -107,7 +107,8 @@ recorded, so a later delegation of the same name starts above them.
   before a vendor's metadata expires), `otter_build_info` and `otter_uptime_seconds`. Labels hold route patterns, never raw paths.
 - Logs: `otter-server serve --log-format json` writes one JSON object per line on standard
   error (level from `OTTER_LOG`); every request is logged with method, path, status and
-  duration, never headers or bodies.
+  duration, never headers or bodies (successful `/repo/` file requests at debug level, so a
+  fleet's polling does not flood the log; errors on them at info/warn).
 
 "#;
 
