@@ -366,20 +366,8 @@ pub async fn request_restore(
         .ok_or_else(|| {
             ConsoleError::BadRequest("give the number of a backup (1 or more)".into())
         })?;
-    let reason = form.get("reason").map(|r| r.trim()).unwrap_or("");
-    if reason.is_empty()
-        || reason.chars().count() > super::rollouts::MAX_REASON
-        || reason.chars().any(char::is_control)
-    {
-        return Err(ConsoleError::BadRequest(
-            "give a reason of 1 to 512 characters, without control characters".into(),
-        ));
-    }
-    let (actor, d, r) = (
-        Actor::token(auth.session.token_id),
-        device.clone(),
-        reason.to_owned(),
-    );
+    let r = super::rollouts::required_reason_of(&form)?;
+    let (actor, d) = (Actor::token(auth.session.token_id), device.clone());
     let recorded = state
         .db
         .call(move |c| Ok(record_request(c, &actor, &d, sequence, &r)))

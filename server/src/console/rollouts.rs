@@ -521,6 +521,19 @@ fn reason_of(
     Ok((!r.is_empty()).then(|| r.to_owned()))
 }
 
+/// The form's required `reason`: 1 to [`MAX_REASON`] characters, no control characters.
+pub(super) fn required_reason_of(
+    form: &std::collections::HashMap<String, String>,
+) -> Result<String, ConsoleError> {
+    let r = form.get("reason").map(|s| s.trim()).unwrap_or("");
+    if r.is_empty() || r.chars().count() > MAX_REASON || r.chars().any(char::is_control) {
+        return Err(ConsoleError::BadRequest(format!(
+            "give a reason of 1 to {MAX_REASON} characters, without control characters"
+        )));
+    }
+    Ok(r.to_owned())
+}
+
 /// `POST /console/releases/{name}/{version}/rollout` (admin, operator; CSRF-checked):
 /// `action` = `percent` (with `percent`, optional `force`), `pause` (optional `reason`),
 /// `resume`, `abort` (optional `reason`, `confirm` = the version), or `groups` (`groups`,

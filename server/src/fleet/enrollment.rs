@@ -317,11 +317,7 @@ pub fn enroll_with(
             "backups_write_only": backups_write_only,
         }),
         now,
-    )
-    .map_err(|e| match e {
-        crate::audit::AuditError::Sqlite(e) => FleetError::Sqlite(e),
-        other => FleetError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(other))),
-    })?;
+    )?;
     tx.commit()?;
     Ok(Enrolled {
         device_id,

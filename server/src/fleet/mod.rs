@@ -95,6 +95,17 @@ pub enum FleetError {
     Json(#[from] serde_json::Error),
 }
 
+/// An audit entry that fails inside a fleet transaction fails it as a database error (the
+/// transaction is not committed).
+impl From<crate::audit::AuditError> for FleetError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        match e {
+            crate::audit::AuditError::Sqlite(e) => FleetError::Sqlite(e),
+            other => FleetError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(other))),
+        }
+    }
+}
+
 /// Checks a hardware model or group name: 1 to [`MAX_NAME_LEN`] characters of ASCII
 /// letters, digits, `.`, `_` and `-`, starting with a letter or digit.
 pub fn check_name(name: &str) -> Result<(), String> {

@@ -102,13 +102,7 @@ pub async fn create_token(
                         &format!("enrollment_token:{}", info.id),
                         &json!({"group": info.group, "expires_at": info.expires_at}),
                         now,
-                    )
-                    .map_err(|e| match e {
-                        crate::audit::AuditError::Sqlite(e) => FleetError::Sqlite(e),
-                        other => FleetError::Sqlite(rusqlite::Error::ToSqlConversionFailure(
-                            Box::new(other),
-                        )),
-                    })?;
+                    )?;
                     Ok((info, token))
                 });
             if made.is_ok() {
@@ -208,13 +202,7 @@ pub async fn revoke_token(
                             &format!("enrollment_token:{id}"),
                             &json!({"group": info.group, "expires_at": info.expires_at}),
                             now,
-                        )
-                        .map_err(|e| match e {
-                            crate::audit::AuditError::Sqlite(e) => FleetError::Sqlite(e),
-                            other => FleetError::Sqlite(rusqlite::Error::ToSqlConversionFailure(
-                                Box::new(other),
-                            )),
-                        })?;
+                        )?;
                     }
                     Ok((info, newly))
                 });
@@ -458,13 +446,7 @@ pub async fn revoke_device(
                         &format!("device:{}", d.device_id),
                         &json!({"hardware_model": d.hardware_model, "group": d.group}),
                         now,
-                    )
-                    .map_err(|e| match e {
-                        crate::audit::AuditError::Sqlite(e) => FleetError::Sqlite(e),
-                        other => FleetError::Sqlite(rusqlite::Error::ToSqlConversionFailure(
-                            Box::new(other),
-                        )),
-                    })?;
+                    )?;
                 }
                 Ok(d)
             });

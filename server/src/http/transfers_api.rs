@@ -333,15 +333,7 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let _ = auth;
     let device = device_path(path.into_inner())?;
-    let found = state
-        .db
-        .call(move |c| Ok(transfers::list(c, &device)))
-        .await
-        .map_err(db_err)?
-        .map_err(transfer_err)?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(json!({ "transfers": found })))
+    list_of(&state, device).await
 }
 
 /// `GET /api/v1/device/transfers` (signed by the device): its transfers, newest first.
@@ -350,9 +342,14 @@ pub async fn own_list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = device.device_id.clone();
+    list_of(&state, id).await
+}
+
+/// The transfers stored for `device`, newest first, as the JSON answer.
+async fn list_of(state: &AppState, device: String) -> Result<HttpResponse, ApiError> {
     let found = state
         .db
-        .call(move |c| Ok(transfers::list(c, &id)))
+        .call(move |c| Ok(transfers::list(c, &device)))
         .await
         .map_err(db_err)?
         .map_err(transfer_err)?;
