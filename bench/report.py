@@ -335,7 +335,9 @@ def main():
         w(table(["measure", "Otter", "restic", "ratio", "target", "met?"], trs))
         reps = len({r["rep"] for r in bk})
         nmax = max(r["backup"] for r in bk)
-        w(f"\nDatabase: `pos_db.py make` ({db_mib:.0f} MiB, 800,000 sales), then {nmax} times "
+        sales = bk[0].get("sales")
+        sales_text = f", {sales:,} sales" if isinstance(sales, int) else ""
+        w(f"\nDatabase: `pos_db.py make` ({db_mib:.0f} MiB{sales_text}), then {nmax} times "
           "`pos_db.py mutate DB update 1` (1% of rows refunded at random places), a backup by each "
           f"tool after each change; {reps} repetition{'s' if reps > 1 else ''} from scratch, medians. Otter: `otter-agent backup` "
           "to a real `otter-server` on loopback (encrypted, signed, countersigned); bytes added = growth "

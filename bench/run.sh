@@ -501,6 +501,7 @@ if want 5; then
 import sqlite3, sys
 c = sqlite3.connect(sys.argv[1]); c.execute("PRAGMA wal_checkpoint(TRUNCATE)"); c.close()
 PY
+    SALES=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from transactions').fetchone()[0])" "$W/pristine.db")
     # The quick mode keeps the reference database's full size (the target is defined on
     # it; making it takes ~15 s) and makes one repetition with one incremental backup.
     if [ "$QUICK" = 1 ]; then REPS=1; INCR=1; else REPS=3; INCR=3; fi
@@ -536,7 +537,8 @@ PY
             timed "$W/r.time" restic backup --repo "$BD/restic" -q "$DB" >>"$OUT/restic-backup.log" 2>&1
             ra=$(dsize "$BD/restic")
             record backup rep=$rep backup=$n system=otter seconds="$(secs "$W/o.time")" \
-                added_bytes=$((oa - ob)) max_rss_kib="$(rss "$W/o.time")" db_bytes=$(fsize "$DB")
+                added_bytes=$((oa - ob)) max_rss_kib="$(rss "$W/o.time")" db_bytes=$(fsize "$DB") \
+                sales="$SALES"
             record backup rep=$rep backup=$n system=restic seconds="$(secs "$W/r.time")" \
                 added_bytes=$((ra - rb)) max_rss_kib="$(rss "$W/r.time")" db_bytes=$(fsize "$DB")
         done

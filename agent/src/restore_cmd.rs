@@ -80,7 +80,8 @@ pub struct RestoreArgs {
     /// application runs (it waits on the database lock), instead of replacing the file.
     #[arg(long, conflicts_with_all = ["stop_command", "start_command"])]
     online: bool,
-    /// Command that stops the application before the database is replaced.
+    /// Command that stops the application before the database is replaced (then the
+    /// restore waits up to 10 s for its processes to close the database).
     #[arg(long, env = "OTTER_RESTORE_STOP_COMMAND", value_name = "COMMAND")]
     stop_command: Option<String>,
     /// Command that starts the application again (also run when the replace failed).
@@ -254,8 +255,8 @@ fn server_options(
             pin.display()
         );
     }
-    let known_head = match backup_state.load() {
-        Ok(index) => match index.head {
+    let known_head = match backup_state.load_head() {
+        Ok(head) => match head {
             Some(h) => Some((h.sequence, h.hash()?)),
             None => None,
         },
@@ -281,6 +282,23 @@ fn server_options(
         progress,
         ..RestoreOptions::default()
     })
+}
+
+/// How long a restore waits, after the stop command, for the application's processes to
+/// close the database.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The processes that have `database` open; after a stop command, polled for up to
+/// [`STOP_GRACE`] until there are none.
+fn users_after_stop(database: &std::path::Path, stopped: bool) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + STOP_GRACE;
+    loop {
+        let users = processes_using(database);
+        if users.is_empty() || !stopped || std::time::Instant::now() >= deadline {
+            return users;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Subdirectory of a transfer directory holding the re-encrypted manifest bodies.
@@ -725,7 +743,9 @@ fn restore_one(a: RestoreArgs) -> Result<String> {
         if a.online {
             prepared.apply_online(&a.database, Duration::from_secs(a.busy_timeout))?;
         } else {
-            let users = processes_using(&a.database);
+            // A stop command may return before the application has exited (`kill PID`):
+            // give it a moment to let go of the database.
+            let users = users_after_stop(&a.database, stop.is_some());
             if !users.is_empty() {
                 let named: Vec<String> = users
                     .iter()

@@ -9,9 +9,9 @@
 #[path = "backup_common.rs"]
 mod common;
 
-use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{dump, files_under, integrity_ok, Terminal};
@@ -29,7 +29,7 @@ struct PausingStore {
     inner: LocalDirStore,
     before_pack: Option<usize>,
     after_manifest: bool,
-    packs: Cell<usize>,
+    packs: AtomicUsize,
 }
 
 fn pause() {
@@ -40,10 +40,10 @@ fn pause() {
 
 impl BackupStore for PausingStore {
     fn put_pack(&self, id: &PackId, bytes: &[u8]) -> Result<(), StoreError> {
-        if self.before_pack == Some(self.packs.get()) {
+        if self.before_pack == Some(self.packs.load(Ordering::SeqCst)) {
             pause();
         }
-        self.packs.set(self.packs.get() + 1);
+        self.packs.fetch_add(1, Ordering::SeqCst);
         self.inner.put_pack(id, bytes)
     }
     fn has_pack(&self, id: &PackId) -> Result<bool, StoreError> {
@@ -102,7 +102,7 @@ fn child_backup() {
         inner: LocalDirStore::new(var("OTTER_CHILD_STORE")),
         before_pack: pause_at.strip_prefix("pack:").map(|n| n.parse().unwrap()),
         after_manifest: pause_at == "manifest",
-        packs: Cell::new(0),
+        packs: AtomicUsize::new(0),
     };
     run_backup(&config, &keys, &store).unwrap();
     println!("DONE");

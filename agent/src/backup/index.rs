@@ -126,22 +126,54 @@ impl BackupState {
         self.dir.join("pending")
     }
 
-    /// Loads the index and every pending pack.
+    /// The header of the last committed manifest (`index.json`'s head), read without
+    /// building the chunk map; `None` before the first backup.
+    pub fn load_head(&self) -> Result<Option<ManifestHeader>, IndexError> {
+        /// `index.json` with only its header read (the chunk map is skipped, not built).
+        #[derive(Deserialize)]
+        struct HeadOnly {
+            format: u32,
+            device_id: String,
+            head: Option<ManifestHeader>,
+            #[serde(rename = "packs")]
+            _packs: serde::de::IgnoredAny,
+            #[serde(rename = "chunks")]
+            _chunks: serde::de::IgnoredAny,
+        }
+        let path = self.index_path();
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("cannot read", &path)(e)),
+        };
+        let file: HeadOnly = self.parse(&path, &bytes)?;
+        self.check_owner(&path, file.format, &file.device_id)?;
+        Ok(file.head)
+    }
+
+    /// Fails unless a state file has this format and belongs to this device.
+    fn check_owner(&self, path: &Path, format: u32, device_id: &str) -> Result<(), IndexError> {
+        if format != INDEX_FORMAT || device_id != self.device_id {
+            return Err(IndexError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "format {format} of device {device_id:?}, expected format {INDEX_FORMAT} \
+                     of {:?}",
+                    self.device_id
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Loads the committed index and every pending pack (stored, not yet in a manifest).
     pub fn load(&self) -> Result<LocalIndex, IndexError> {
         let mut index = LocalIndex::default();
         let path = self.index_path();
         match fs::read(&path) {
             Ok(bytes) => {
                 let file: IndexFile = self.parse(&path, &bytes)?;
-                if file.format != INDEX_FORMAT || file.device_id != self.device_id {
-                    return Err(IndexError::Corrupt {
-                        path,
-                        reason: format!(
-                            "format {} of device {:?}, expected format {INDEX_FORMAT} of {:?}",
-                            file.format, file.device_id, self.device_id
-                        ),
-                    });
-                }
+                self.check_owner(&path, file.format, &file.device_id)?;
                 index.head = file.head;
                 index.packs = file.packs.iter().map(|p| (p.id, p.length)).collect();
                 index.chunks = file.chunks;

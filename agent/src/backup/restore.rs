@@ -30,7 +30,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ use otter_keys::atomic::sync_dir;
 use otter_keys::crypto::PublicKey;
 use otter_keys::envelope::{
     open_pack, ChunkId, ChunkKey, ChunkLocation, Countersignature, EnvelopeError, ManifestBody,
-    ManifestHeader, PackId, SignedManifest,
+    ManifestHeader, PackId, PackRef, SignedManifest,
 };
 use otter_keys::time::UtcTime;
 use rusqlite::backup::{Backup, StepResult};
@@ -796,6 +796,10 @@ fn page_writers() -> usize {
 
 /// Fetches, checks and decrypts each pack the manifest lists, and hands its chunks to the
 /// page writers. Stops early, without error, when a writer failed.
+/// Fetches, checks and decrypts each pack the manifest lists, on [`pack_fetchers`]
+/// threads at once (the next pack downloads while another is hashed and decrypted), and
+/// hands their chunks to the page writers. Stops early, without error, when a writer failed;
+/// the first fetcher's error stops the others.
 fn fetch_packs(
     store: &dyn BackupStore,
     identity: &Identity,
@@ -805,32 +809,132 @@ fn fetch_packs(
     jobs: &SyncSender<PageJob>,
     options: &RestoreOptions,
 ) -> Result<(u64, u64), RestoreError> {
-    let progress = options.progress.as_ref();
-    let reencrypted = options.reencrypted.is_some();
-    let (mut packs, mut pack_bytes) = (0u64, 0u64);
-    let total: u64 = manifest.header.packs.iter().map(|p| p.length).sum();
-    let mut done = 0u64;
-    for pack in &manifest.header.packs {
-        if writers.failed.load(Ordering::SeqCst) {
-            return Ok((packs, pack_bytes));
+    let packs: Vec<&PackRef> = manifest
+        .header
+        .packs
+        .iter()
+        .filter(|p| chunks_of.contains_key(&p.id))
+        .collect();
+    let fetch = Fetch {
+        store,
+        identity,
+        chunks_of,
+        writers,
+        options,
+        packs: &packs,
+        next: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        total: packs.iter().map(|p| p.length).sum(),
+        done: AtomicU64::new(0),
+        fetched: AtomicU64::new(0),
+        fetched_bytes: AtomicU64::new(0),
+    };
+    let results: Vec<Result<(), RestoreError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..pack_fetchers())
+            .map(|_| {
+                let (fetch, jobs) = (&fetch, jobs.clone());
+                s.spawn(move || {
+                    let result = fetch.run(&jobs);
+                    if result.is_err() {
+                        fetch.stop.store(true, Ordering::SeqCst);
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(RestoreError::Verify(
+                        "a pack fetcher thread panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    });
+    for result in results {
+        result?;
+    }
+    if let Some(report) = options.progress.as_ref() {
+        report(fetch.total, fetch.total);
+    }
+    Ok((
+        fetch.fetched.load(Ordering::SeqCst),
+        fetch.fetched_bytes.load(Ordering::SeqCst),
+    ))
+}
+
+/// Packs fetched at once: two, so that one downloads while another is hashed and
+/// decrypted (each holds its ciphertext and plaintext, a few MiB, in memory).
+fn pack_fetchers() -> usize {
+    2
+}
+
+/// What the pack fetchers share: the packs to fetch, in the manifest's order, and the
+/// index of the next one.
+struct Fetch<'a> {
+    store: &'a dyn BackupStore,
+    identity: &'a Identity,
+    chunks_of: &'a HashMap<PackId, Vec<(ChunkId, ChunkLocation)>>,
+    writers: &'a Writers<'a>,
+    options: &'a RestoreOptions,
+    packs: &'a [&'a PackRef],
+    next: AtomicUsize,
+    /// Set by the first fetcher that fails.
+    stop: AtomicBool,
+    /// Ciphertext bytes of all packs, and of those whose fetch began (for progress).
+    total: u64,
+    done: AtomicU64,
+    fetched: AtomicU64,
+    fetched_bytes: AtomicU64,
+}
+
+impl Fetch<'_> {
+    /// Fetches packs until none is left, a writer failed or another fetcher stopped.
+    fn run(&self, jobs: &SyncSender<PageJob>) -> Result<(), RestoreError> {
+        loop {
+            if self.writers.failed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let Some(pack) = self.packs.get(self.next.fetch_add(1, Ordering::SeqCst)) else {
+                return Ok(());
+            };
+            let done = self.done.fetch_add(pack.length, Ordering::SeqCst);
+            if let Some(report) = self.options.progress.as_ref() {
+                report(done, self.total);
+            }
+            let Some(chunks) = self.chunks_of.get(&pack.id) else {
+                continue;
+            };
+            let open = Arc::new(self.open(pack)?);
+            for piece in chunks.chunks(JOB_CHUNKS) {
+                let job = PageJob {
+                    pack: Arc::clone(&open),
+                    chunks: piece.to_vec(),
+                };
+                if jobs.send(job).is_err() {
+                    // Every writer is gone: one failed, and says why.
+                    return Ok(());
+                }
+            }
         }
-        if let Some(report) = progress {
-            report(done, total);
-        }
-        done += pack.length;
-        let Some(chunks) = chunks_of.get(&pack.id) else {
-            continue;
-        };
-        let open = if reencrypted {
+    }
+
+    /// Downloads one pack, checks its length and hash, and decrypts it.
+    fn open(&self, pack: &PackRef) -> Result<Opened, RestoreError> {
+        let opened = if self.options.reencrypted.is_some() {
             // Same plaintext, other recipients: the age header's length may differ.
-            let ciphertext = store.get_pack(&pack.id, pack.length.saturating_add(64 * 1024))?;
-            pack_bytes += ciphertext.len() as u64;
+            let ciphertext = self
+                .store
+                .get_pack(&pack.id, pack.length.saturating_add(64 * 1024))?;
+            self.count(ciphertext.len());
             Opened::Reencrypted(
                 pack.id,
-                otter_keys::envelope::decrypt(identity, &ciphertext, ciphertext.len())?,
+                otter_keys::envelope::decrypt(self.identity, &ciphertext, ciphertext.len())?,
             )
         } else {
-            let ciphertext = store.get_pack(&pack.id, pack.length)?;
+            let ciphertext = self.store.get_pack(&pack.id, pack.length)?;
             // The length here; `open_pack` checks the hash (SHA-256 of the ciphertext, the
             // pack's signed id) before it decrypts, so it is computed once, not twice.
             let found = ciphertext.len() as u64;
@@ -842,31 +946,21 @@ fn fetch_packs(
                 }
                 .into());
             }
-            pack_bytes += found;
+            self.count(ciphertext.len());
             Opened::Signed(open_pack(
-                identity,
+                self.identity,
                 &ciphertext,
                 &pack.id,
                 ciphertext.len(),
             )?)
         };
-        packs += 1;
-        let open = Arc::new(open);
-        for piece in chunks.chunks(JOB_CHUNKS) {
-            let job = PageJob {
-                pack: Arc::clone(&open),
-                chunks: piece.to_vec(),
-            };
-            if jobs.send(job).is_err() {
-                // Every writer is gone: one failed, and says why.
-                return Ok((packs, pack_bytes));
-            }
-        }
+        Ok(opened)
     }
-    if let Some(report) = progress {
-        report(total, total);
+
+    fn count(&self, bytes: usize) {
+        self.fetched.fetch_add(1, Ordering::SeqCst);
+        self.fetched_bytes.fetch_add(bytes as u64, Ordering::SeqCst);
     }
-    Ok((packs, pack_bytes))
 }
 
 impl Writers<'_> {

@@ -72,8 +72,9 @@ pub enum StoreError {
 }
 
 /// Storage of packs and manifests. Implementations must make each put atomic: a reader sees
-/// the whole object or none, and an interrupted put leaves nothing visible.
-pub trait BackupStore {
+/// the whole object or none, and an interrupted put leaves nothing visible. A store is
+/// shared by threads (a restore fetches packs on several at once).
+pub trait BackupStore: Sync {
     /// Stores a pack under its id (the SHA-256 of `bytes`). Storing an existing pack again
     /// is not an error.
     fn put_pack(&self, id: &PackId, bytes: &[u8]) -> Result<(), StoreError>;

@@ -238,6 +238,18 @@ pub async fn get_pack(
         return Err(not_found());
     }
     let key = pack_key(&device.device_id, &pack);
+    if let Some(local) = state.store.local_file(&key) {
+        // A local store: the file itself, opened once, in large reads.
+        let Some((file, meta)) = super::files::open_local(local).await? else {
+            tracing::error!(%pack, "a catalogued pack is missing from the object store");
+            return Err(not_found());
+        };
+        let size = meta.len();
+        let Some((mut res, start, end)) = pack_response(&req, &pack, size) else {
+            return Ok(unsatisfiable(size));
+        };
+        return Ok(res.body(super::files::local_body(file, start, end - start).await?));
+    }
     let object = crate::store::object_path(&key)
         .map_err(|e| ApiError::internal("building an object key", &e))?;
     let store = state.store.inner();
@@ -250,27 +262,12 @@ pub async fn get_pack(
         Err(e) => return Err(ApiError::unavailable("the object store", &e)),
     };
     let size = meta.size;
-    let range = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_range);
-    let (status, start, end) = match select(range, size) {
-        Selection::Full => (StatusCode::OK, 0, size),
-        Selection::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
-        Selection::Unsatisfiable => {
-            return Ok(HttpResponse::build(StatusCode::RANGE_NOT_SATISFIABLE)
-                .insert_header((header::CONTENT_RANGE, format!("bytes */{size}")))
-                .insert_header((header::CACHE_CONTROL, "no-store"))
-                .json(json!({ "error": {
-                    "code": "range_not_satisfiable",
-                    "message": format!("the pack is {size} bytes long"),
-                }})));
-        }
+    let Some((mut res, start, end)) = pack_response(&req, &pack, size) else {
+        return Ok(unsatisfiable(size));
     };
     let opts = GetOptions {
         if_match: meta.e_tag.clone(),
-        range: (status == StatusCode::PARTIAL_CONTENT).then_some(GetRange::Bounded(start..end)),
+        range: (start > 0 || end < size).then_some(GetRange::Bounded(start..end)),
         ..GetOptions::default()
     };
     let got = match store.get_opts(&object, opts).await {
@@ -285,6 +282,26 @@ pub async fn get_pack(
         Err(object_store::Error::NotFound { .. }) => return Err(not_found()),
         Err(e) => return Err(ApiError::unavailable("the object store", &e)),
     };
+    Ok(res.body(SizedStream::new(end - start, got.into_stream())))
+}
+
+/// The response head for a pack of `size` bytes and the byte range it carries (the whole
+/// pack, or the one range asked for), or `None` when the range asked for is past its end.
+fn pack_response(
+    req: &HttpRequest,
+    pack: &PackId,
+    size: u64,
+) -> Option<(actix_web::HttpResponseBuilder, u64, u64)> {
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_range);
+    let (status, start, end) = match select(range, size) {
+        Selection::Full => (StatusCode::OK, 0, size),
+        Selection::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        Selection::Unsatisfiable => return None,
+    };
     tracing::info!(%pack, start, end, size, "backup pack read back");
     let mut res = HttpResponse::build(status);
     res.insert_header((header::CACHE_CONTROL, "no-store"))
@@ -296,7 +313,18 @@ pub async fn get_pack(
             format!("bytes {start}-{}/{size}", end - 1),
         ));
     }
-    Ok(res.body(SizedStream::new(end - start, got.into_stream())))
+    Some((res, start, end))
+}
+
+/// `416 Range Not Satisfiable` for a pack of `size` bytes.
+fn unsatisfiable(size: u64) -> HttpResponse {
+    HttpResponse::build(StatusCode::RANGE_NOT_SATISFIABLE)
+        .insert_header((header::CONTENT_RANGE, format!("bytes */{size}")))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "error": {
+            "code": "range_not_satisfiable",
+            "message": format!("the pack is {size} bytes long"),
+        }}))
 }
 
 /// `POST /api/v1/device/backups/manifests` (signed by the device).

@@ -244,18 +244,8 @@ async fn serve_local(
     content_type: &'static str,
     file_name: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let opened = web::block(move || {
-        let f = std::fs::File::open(&local)?;
-        let m = f.metadata()?;
-        Ok::<_, std::io::Error>((f, m))
-    })
-    .await
-    .map_err(|e| ApiError::internal("opening a repository file", &e))?;
-    let (mut f, m) = match opened {
-        Ok((f, m)) if m.is_file() => (f, m),
-        Ok(_) => return Err(missing(file_name)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing(file_name)),
-        Err(e) => return Err(ApiError::unavailable("reading a repository file", &e)),
+    let Some((f, m)) = open_local(local).await? else {
+        return Err(missing(file_name));
     };
     let meta = local_file_meta(location, &m);
     let etag = entity_tag(&meta);
@@ -274,13 +264,43 @@ async fn serve_local(
     if req.method() == Method::HEAD || len == 0 {
         return Ok(res.body(empty_body(len)));
     }
+    Ok(res.body(local_body(f, start, len).await?))
+}
+
+/// Opens a local store file on the blocking pool: the file and its metadata, or `None` when
+/// there is no such (regular) file.
+pub(crate) async fn open_local(
+    local: PathBuf,
+) -> Result<Option<(std::fs::File, std::fs::Metadata)>, ApiError> {
+    let opened = web::block(move || {
+        let f = std::fs::File::open(&local)?;
+        let m = f.metadata()?;
+        Ok::<_, std::io::Error>((f, m))
+    })
+    .await
+    .map_err(|e| ApiError::internal("opening a stored file", &e))?;
+    match opened {
+        Ok((f, m)) if m.is_file() => Ok(Some((f, m))),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ApiError::unavailable("reading a stored file", &e)),
+    }
+}
+
+/// A response body of `len` bytes of an open local file from offset `start`, read in
+/// [`FILE_CHUNK`]-sized pieces.
+pub(crate) async fn local_body(
+    mut f: std::fs::File,
+    start: u64,
+    len: u64,
+) -> Result<SizedStream<FileChunks>, ApiError> {
     if start > 0 {
         f = web::block(move || f.seek(SeekFrom::Start(start)).map(|_| f))
             .await
-            .map_err(|e| ApiError::internal("reading a repository file", &e))?
-            .map_err(|e| ApiError::unavailable("reading a repository file", &e))?;
+            .map_err(|e| ApiError::internal("reading a stored file", &e))?
+            .map_err(|e| ApiError::unavailable("reading a stored file", &e))?;
     }
-    Ok(res.body(SizedStream::new(len, FileChunks::new(f, len))))
+    Ok(SizedStream::new(len, FileChunks::new(f, len)))
 }
 
 /// Serves a file through the object store (S3, or files too large for the metadata cache).
@@ -343,7 +363,7 @@ type ChunkRead = JoinHandle<(std::fs::File, std::io::Result<Bytes>)>;
 /// The next `remaining` bytes of an open file, as a stream of [`FILE_CHUNK`]-sized chunks,
 /// each read on the blocking pool when the connection asks for it (reading ahead was
 /// measured: no faster, twice the memory).
-struct FileChunks {
+pub(crate) struct FileChunks {
     /// The file, when no read is in flight.
     file: Option<std::fs::File>,
     reading: Option<ChunkRead>,
