@@ -1,7 +1,9 @@
 //! `otter-keys backup reencrypt`: opens a terminal's backup with the fleet recovery identity
 //! (a dead terminal, or any terminal of a write-only fleet), checks its manifest chain with
 //! that terminal's device key, and re-encrypts every manifest body and pack for another
-//! terminal, which then restores it with `otter-agent restore --from-transfer DIR`.
+//! terminal, which then restores it through the server (`otter-server backups
+//! import-transfer`, `otter-agent restore --from-server-transfer`) or from the directory
+//! (`otter-agent restore --from-transfer DIR`).
 //!
 //! Output layout (the agent's local backup store, plus the re-encrypted bodies):
 //!
@@ -38,14 +40,18 @@ pub enum BackupCommand {
     /// Re-encrypt a terminal's backup for another terminal (a replacement), with the fleet
     /// recovery identity; the chain is checked with the old terminal's device key first.
     #[command(after_help = "\
-FROM is the old device's backup as the server stores it: DATA_DIR/store/backups/DEVICE (with
+FROM is the old device's backup as the server stores it: the directory `otter-server backups
+export --device DEVICE --out DIR` writes through the API, or DATA_DIR/store/backups/DEVICE (with
 packs/ and manifests/), or a copy of that prefix of an S3 bucket. The device's public key is in
 `otter-server devices list`; the new terminal's backup recipient (age1...) too, once it
 enrolled. The recovery identity is a file from `otter-keys recovery-key new` (its passphrase is
 asked for, or read from --passphrase-file / OTTER_KEYS_PASSPHRASE) or a plain age identity
 file. Every body and pack is encrypted to the new recipients and the recovery key again.
 
-Then copy OUT to the new terminal and run:
+Then import OUT for the new terminal through the server and restore it there:
+  otter-server backups import-transfer --server URL --device NEW_DEVICE --from OUT
+  otter-agent restore --from-server-transfer latest --latest --stop-command ... --start-command ...
+or, without the server, copy OUT to the new terminal and run:
   otter-agent restore --from-transfer OUT --latest --stop-command ... --start-command ...")]
     Reencrypt(ReencryptArgs),
 }
