@@ -18,6 +18,7 @@ use otter_agent::backup::{
     RestoreOptions, Selector,
 };
 use otter_agent::device::{AgentState, DeviceError, Identity};
+use otter_agent::restore_requests::Outcome;
 use otter_keys::time::UtcTime;
 
 /// Options of `otter-agent restore`.
@@ -199,7 +200,31 @@ fn progress_bar() -> Option<(indicatif::ProgressBar, ProgressFn)> {
     Some((bar, f))
 }
 
+/// What a restore loses (or would lose): the text for people and, when the live rows
+/// could be counted, the tables (for a requested restore's structured outcome).
+struct Loss {
+    text: String,
+    rows: Option<Vec<otter_agent::backup::restore::RowLoss>>,
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 fn describe_loss(
+    live: &Result<std::collections::BTreeMap<String, u64>>,
+    backup: &std::collections::BTreeMap<String, u64>,
+) -> Loss {
+    let rows = live.as_ref().ok().map(|live| rows_lost(live, backup));
+    Loss {
+        text: describe_loss_text(live, backup),
+        rows,
+    }
+}
+
+fn describe_loss_text(
     live: &Result<std::collections::BTreeMap<String, u64>>,
     backup: &std::collections::BTreeMap<String, u64>,
 ) -> String {
@@ -357,8 +382,9 @@ impl std::error::Error for Refused {}
 fn repair(
     a: &RestoreArgs,
     req: &otter_agent::restore_requests::PendingRequest,
-) -> (Result<()>, String) {
+) -> (Result<()>, String, Outcome) {
     let mut refused: Vec<String> = Vec::new();
+    let mut outcome = Outcome::default();
     let listed = |refused: &[String]| {
         if refused.is_empty() {
             String::new()
@@ -381,11 +407,16 @@ fn repair(
                     "repair: restored backup #{seq}, the newest that verifies; {loss}{}",
                     listed(&refused)
                 );
-                return (Ok(()), msg);
+                outcome.restored_sequence = Some(seq);
+                if let Some(rows) = &loss.rows {
+                    outcome = outcome.with_rows_lost(rows);
+                }
+                return (Ok(()), msg, outcome);
             }
             Err(e) if e.downcast_ref::<Refused>().is_some() => {
                 eprintln!("repair: backup #{seq} refused: {e:#}");
                 let why: String = format!("{e:#}").chars().take(200).collect();
+                outcome.refuse(seq, &why);
                 refused.push(format!("#{seq} ({why})"));
             }
             Err(e) => {
@@ -393,7 +424,7 @@ fn repair(
                     "repair: restoring backup #{seq} failed: {e:#}{}",
                     listed(&refused)
                 );
-                return (Err(e), msg);
+                return (Err(e), msg, outcome);
             }
         }
     }
@@ -401,7 +432,7 @@ fn repair(
         "repair: no backup verifies; the live database was not touched{}",
         listed(&refused)
     );
-    (Err(anyhow::anyhow!("{msg}")), msg)
+    (Err(anyhow::anyhow!("{msg}")), msg, outcome)
 }
 
 /// `otter-agent restore --requested`: one pickup of the oldest pending request, its outcome
@@ -424,7 +455,7 @@ fn requested(a: RestoreArgs) -> Result<()> {
         req.sequence,
         req.reason
     );
-    let (result, message) = if req.repair {
+    let (result, message, outcome) = if req.repair {
         repair(&a, req)
     } else {
         let one = RestoreArgs {
@@ -434,15 +465,35 @@ fn requested(a: RestoreArgs) -> Result<()> {
             ..a.clone()
         };
         let result = restore_one(one);
-        let message = match &result {
-            Ok(loss) => format!("restored backup #{}; {loss}", req.sequence),
-            Err(e) => format!("{e:#}"),
+        let (message, outcome) = match &result {
+            Ok(loss) => {
+                let o = Outcome {
+                    restored_sequence: Some(req.sequence),
+                    ..Outcome::default()
+                };
+                let o = match &loss.rows {
+                    Some(rows) => o.with_rows_lost(rows),
+                    None => o,
+                };
+                (format!("restored backup #{}; {loss}", req.sequence), o)
+            }
+            Err(e) => (format!("{e:#}"), Outcome::default()),
         };
-        (result.map(|_| ()), message)
+        (result.map(|_| ()), message, outcome)
     };
     println!("{message}");
     let ok = result.is_ok();
-    if let Err(e) = otter_agent::restore_requests::report(&a.state_dir, req.id, ok, &message) {
+    let reported = otter_agent::restore_requests::report_outcome(
+        &a.state_dir,
+        req.id,
+        ok,
+        &message,
+        Some(&outcome),
+    );
+    if let Ok(false) = reported {
+        eprintln!("the server took the report without its structured outcome (an older server?)");
+    }
+    if let Err(e) = reported {
         let e = anyhow::Error::from(e).context(format!(
             "reporting the outcome of restore request {} to the server",
             req.id
@@ -612,7 +663,7 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
 
 /// One restore (or dry run) of the selected backup; returns what it lost (or would lose).
 /// A backup that fails verification is a [`Refused`] error.
-fn restore_one(a: RestoreArgs) -> Result<String> {
+fn restore_one(a: RestoreArgs) -> Result<Loss> {
     let selector = match (a.latest, a.id, &a.before) {
         (true, None, None) => Selector::Latest,
         (false, Some(n), None) => Selector::Sequence(n),
@@ -737,7 +788,7 @@ fn restore_one(a: RestoreArgs) -> Result<String> {
         run_command(argv, "stop")
             .map_err(|e| anyhow::anyhow!("{e:#}; the live database was not touched"))?;
     }
-    let result = (|| -> Result<String> {
+    let result = (|| -> Result<Loss> {
         let live = live_row_counts(&a.database).map_err(anyhow::Error::from);
         let loss = describe_loss(&live, prepared.row_counts());
         if a.online {

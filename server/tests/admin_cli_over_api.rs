@@ -5,42 +5,10 @@
 
 mod common;
 
-use assert_cmd::Command;
+use common::cli::{args, cli, ok};
 use common::fleet::{enrolled_device, report};
 use common::{api, client, config, make_token, run, start};
 use serde_json::{json, Value};
-
-/// Runs the binary (off the async executor) with `token` in OTTER_TOKEN when given.
-async fn cli(args: Vec<String>, token: Option<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::cargo_bin("otter-server").unwrap();
-        cmd.args(&args)
-            .env_remove("OTTER_DATA_DIR")
-            .env_remove("OTTER_CONFIG")
-            .env_remove("OTTER_SERVER")
-            .env_remove("OTTER_TOKEN")
-            .env("NO_PROXY", "*");
-        if let Some(t) = token {
-            cmd.env("OTTER_TOKEN", t);
-        }
-        cmd.output().unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
 
 #[test]
 fn devices_and_tokens_are_managed_over_the_api_with_a_token() {

@@ -10,6 +10,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -142,56 +143,85 @@ async fn send_report(base: &str, dev: &TestDevice, body: &serde_json::Value) -> 
     req.send().await.unwrap().status().as_u16()
 }
 
+/// A repository whose alert webhook points at a port where nothing listens yet, and the
+/// real binary serving it after it raised one alert.
+struct Raised {
+    dir: tempfile::TempDir,
+    /// The webhook receiver's port (nothing listens there yet).
+    port: u16,
+    cfg: otter_server::Config,
+    /// The server's database.
+    db: PathBuf,
+    /// The real binary, still trying to deliver the alert.
+    server: Guard,
+}
+
+/// Sets the repository up with an enrolled terminal (a server in this process, started and
+/// stopped), starts the real binary on it and makes the terminal report a `file_changed`
+/// security event about `detail`: one alert, whose webhook delivery keeps retrying.
+async fn alert_with_the_receiver_down(detail: &str) -> Raised {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secret_file = dir.path().join("webhook.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let (file, cfg) = config_file(
+        dir.path(),
+        &format!(
+            "[alerts]\nwebhook_url = \"http://127.0.0.1:{port}/hook\"\n\
+             webhook_secret_file = {:?}\nwebhook_attempts = 20\n",
+            secret_file.display().to_string()
+        ),
+    );
+    let db = cfg.db_path();
+    let (srv, admin) = start(cfg.clone()).await;
+    let admin = admin.unwrap();
+    let dev = enrolled_device(&common::client(), &srv, &admin, None).await;
+    srv.stop().await;
+    let (server, base) = serve(&file);
+    let status = send_report(
+        &base,
+        &dev,
+        &serde_json::json!({"security_events": [{"kind": "file_changed", "detail": detail, "at": now()}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    Raised {
+        dir,
+        port,
+        cfg,
+        db,
+        server,
+    }
+}
+
+/// [`sigterm`] off the async executor.
+async fn stop_serving(server: Guard) {
+    tokio::task::spawn_blocking(move || sigterm(server))
+        .await
+        .unwrap();
+}
+
 #[test]
 fn a_delivery_pending_at_shutdown_is_sent_at_the_next_start() {
     run(async {
-        let dir = tempfile::tempdir().unwrap();
-        // A port where nothing listens yet: the webhook receiver is down.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let secret_file = dir.path().join("webhook.secret");
-        std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-        let (file, cfg) = config_file(
-            dir.path(),
-            &format!(
-                "[alerts]\nwebhook_url = \"http://127.0.0.1:{port}/hook\"\n\
-                 webhook_secret_file = {:?}\nwebhook_attempts = 20\n",
-                secret_file.display().to_string()
-            ),
-        );
-        let db = cfg.db_path();
-
-        // Set up the repository and enroll a terminal.
-        let (srv, admin) = start(cfg.clone()).await;
-        let admin = admin.unwrap();
-        let dev = enrolled_device(&common::client(), &srv, &admin, None).await;
-        srv.stop().await;
-
-        // The real binary raises an alert; its webhook cannot be reached, so the delivery
-        // stays pending (retrying) until the server is stopped.
-        let (server, base) = serve(&file);
-        let status = send_report(
-            &base,
-            &dev,
-            &serde_json::json!({"security_events": [{"kind": "file_changed", "detail": "/opt/pos/bin/app", "at": now()}]}),
-        )
-        .await;
-        assert_eq!(status, 200);
+        // The real binary raises an alert; its webhook cannot be reached (the receiver is
+        // down), so the delivery stays pending (retrying) until the server is stopped.
+        let raised = alert_with_the_receiver_down("/opt/pos/bin/app").await;
+        let (db, cfg) = (&raised.db, &raised.cfg);
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let states = webhook_states(&db);
+        let states = webhook_states(db);
         assert_eq!(states.len(), 1);
         assert_eq!(states[0].1, "pending");
         let alert_id = states[0].0;
-        tokio::task::spawn_blocking(move || sigterm(server))
-            .await
-            .unwrap();
-        assert_eq!(webhook_states(&db), [(alert_id, "pending".to_string())]);
+        stop_serving(raised.server).await;
+        assert_eq!(webhook_states(db), [(alert_id, "pending".to_string())]);
 
         // The receiver is up now; the next start sends the pending delivery.
-        let hook = receiver(TcpListener::bind(("127.0.0.1", port)).unwrap());
+        let hook = receiver(TcpListener::bind(("127.0.0.1", raised.port)).unwrap());
         let (srv, _) = start(cfg.clone()).await;
         let (got, hook) =
             tokio::task::spawn_blocking(move || (hook.recv_timeout(Duration::from_secs(20)), hook))
@@ -212,8 +242,8 @@ fn a_delivery_pending_at_shutdown_is_sent_at_the_next_start() {
         assert_eq!(payload["alerts"][0]["id"].as_i64(), Some(alert_id));
         assert_eq!(payload["alerts"][0]["detail"], "/opt/pos/bin/app");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while webhook_states(&db)[0].1 != "delivered" {
-            assert!(Instant::now() < deadline, "{:?}", webhook_states(&db));
+        while webhook_states(db)[0].1 != "delivered" {
+            assert!(Instant::now() < deadline, "{:?}", webhook_states(db));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         srv.stop().await;
@@ -229,44 +259,15 @@ fn a_delivery_pending_at_shutdown_is_sent_at_the_next_start() {
 #[test]
 fn without_a_webhook_at_the_next_start_nothing_stays_pending() {
     run(async {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let secret_file = dir.path().join("webhook.secret");
-        std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-        let (file, cfg) = config_file(
-            dir.path(),
-            &format!(
-                "[alerts]\nwebhook_url = \"http://127.0.0.1:{port}/hook\"\n\
-                 webhook_secret_file = {:?}\nwebhook_attempts = 20\n",
-                secret_file.display().to_string()
-            ),
-        );
-        let db = cfg.db_path();
-        let (srv, admin) = start(cfg.clone()).await;
-        let admin = admin.unwrap();
-        let dev = enrolled_device(&common::client(), &srv, &admin, None).await;
-        srv.stop().await;
-        let (server, base) = serve(&file);
-        let status = send_report(
-            &base,
-            &dev,
-            &serde_json::json!({"security_events": [{"kind": "file_changed", "detail": "x", "at": now()}]}),
-        )
-        .await;
-        assert_eq!(status, 200);
-        tokio::task::spawn_blocking(move || sigterm(server))
-            .await
-            .unwrap();
-        assert_eq!(webhook_states(&db)[0].1, "pending");
+        let raised = alert_with_the_receiver_down("x").await;
+        stop_serving(raised.server).await;
+        let db = &raised.db;
+        assert_eq!(webhook_states(db)[0].1, "pending");
 
         // The webhook is removed from the configuration: the delivery is given up, saying why.
-        let (_, plain) = config_file(dir.path(), "");
+        let (_, plain) = config_file(raised.dir.path(), "");
         let (srv, _) = start(plain).await;
-        let states = webhook_states(&db);
+        let states = webhook_states(db);
         assert!(
             states[0].1.starts_with("failed: ") && states[0].1.contains("no webhook"),
             "{states:?}"

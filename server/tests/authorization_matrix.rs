@@ -164,7 +164,8 @@ fn each_route_admits_exactly_its_roles() {
                     admitted.contains(&TokenRole::Restorer),
                     pattern.starts_with("/api/v1/backups")
                         || *pattern == "/api/v1/devices/{id}/backups/export"
-                        || *pattern == "/api/v1/devices/{id}/transfers",
+                        || *pattern == "/api/v1/devices/{id}/transfers"
+                        || *pattern == "/api/v1/devices/{id}/transfers/{transfer}",
                     "{pattern}"
                 );
             }
@@ -175,6 +176,11 @@ fn each_route_admits_exactly_its_roles() {
             ("GET", "/api/v1/devices/{id}/backups/export", transferring),
             ("POST", "/api/v1/devices/{id}/transfers", transferring),
             ("GET", "/api/v1/devices/{id}/transfers", transferring),
+            (
+                "DELETE",
+                "/api/v1/devices/{id}/transfers/{transfer}",
+                transferring,
+            ),
             ("GET", "/api/v1/device/transfers", Access::DeviceSignature),
             (
                 "GET",

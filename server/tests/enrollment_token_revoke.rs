@@ -8,43 +8,11 @@
 
 mod common;
 
-use assert_cmd::Command;
+use common::cli::{args, cli, ok};
 use common::fleet::{create_enrollment_token, enroll_body, post_enroll};
-use common::{api, client, config, make_token, run, start, Running};
+use common::{api, audit_entries, client, config, make_token, run, start, Running};
 use otter_keys::crypto::SigningKey;
 use serde_json::{json, Value};
-
-/// Runs the binary off the async executor, with `token` in OTTER_TOKEN when given.
-async fn cli(args: Vec<String>, token: Option<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::cargo_bin("otter-server").unwrap();
-        cmd.args(&args)
-            .env_remove("OTTER_DATA_DIR")
-            .env_remove("OTTER_CONFIG")
-            .env_remove("OTTER_SERVER")
-            .env_remove("OTTER_TOKEN")
-            .env("NO_PROXY", "*");
-        if let Some(t) = token {
-            cmd.env("OTTER_TOKEN", t);
-        }
-        cmd.output().unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
 
 async fn listed(c: &reqwest::Client, srv: &Running, token: &str) -> Vec<Value> {
     let (s, v) = api(
@@ -60,11 +28,8 @@ async fn listed(c: &reqwest::Client, srv: &Running, token: &str) -> Vec<Value> {
 }
 
 async fn revocations(c: &reqwest::Client, srv: &Running, admin: &str, id: i64) -> usize {
-    let (s, v) = api(c, "GET", &srv.url("/api/v1/audit"), Some(admin), None).await;
-    assert_eq!(s, 200, "{v}");
-    v["entries"]
-        .as_array()
-        .unwrap()
+    audit_entries(c, srv, admin)
+        .await
         .iter()
         .filter(|e| {
             e["action"] == "enrollment_token.revoke"

@@ -22,7 +22,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{command, show};
-use fleet::{Fleet, COMPONENT, MODEL};
+use fleet::{console_session, Fleet, COMPONENT, MODEL};
 use serde_json::Value;
 
 const SECRET: &str = "drift-test-webhook-secret-0123456789";
@@ -131,31 +131,6 @@ fn openssl_hmac(dir: &Path, key: &str, msg: &[u8]) -> String {
         .next()
         .unwrap()
         .to_string()
-}
-
-fn cookie(r: &reqwest::blocking::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|l| l.strip_prefix(&format!("{name}=")))
-        .map(|v| v.split(';').next().unwrap_or("").to_string())
-}
-
-/// Signs in to the console with `token`; returns the session cookie.
-fn console_session(c: &reqwest::blocking::Client, url: &str, token: &str) -> String {
-    let r = c.get(format!("{url}/console/login")).send().unwrap();
-    assert_eq!(r.status(), 200);
-    let nonce = cookie(&r, "otter_login").expect("a sign-in nonce cookie");
-    let r = c
-        .post(format!("{url}/console/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("cookie", format!("otter_login={nonce}"))
-        .body(format!("token={token}&login_csrf={nonce}"))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 303, "sign-in redirects");
-    cookie(&r, "otter_session").expect("a session cookie")
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! pack damaged in the server's store, the live database damaged; a restorer orders a
 //! repair (`"backup": "newest-verifying"`); `otter-agent restore --requested` refuses the
 //! newest backup, restores the older one, and the server stores a report naming the refused
-//! backup, the restored one and the rows lost per table.
+//! backup, the restored one and the rows lost per table, both as text and as a structured
+//! outcome, which the console's backups page shows.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::show;
-use fleet::Fleet;
+use fleet::{console_session, Fleet};
 use serde_json::{json, Value};
 
 /// Runs a Python snippet on the SQLite database `db`; returns its standard output.
@@ -172,4 +173,55 @@ fn a_repair_restores_the_newest_backup_that_verifies_and_reports_the_loss() {
         report.contains("sales: 303 rows (live 803, backup 500)"),
         "{report}"
     );
+    // The same as facts.
+    let o = &r["outcome"];
+    assert_eq!(o["restored_sequence"], 1, "{v}");
+    assert_eq!(
+        o["rows_lost"],
+        json!([{"table": "sales", "rows": 303, "live": 803, "backup": 500},
+               {"table": "scans", "rows": 1, "live": 1, "backup": 0}]),
+        "{v}"
+    );
+    assert_eq!(o["refused"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(o["refused"][0]["sequence"], 2, "{v}");
+    assert!(
+        o["refused"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{v}"
+    );
+
+    // The console's backups page shows them from the structured outcome: the live and
+    // backup counts per table are only there.
+    let c = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let session = console_session(&c, &fleet.server.url, &restorer);
+    let html = c
+        .get(format!(
+            "{}/console/backups?device={}",
+            fleet.server.url, t.device_id
+        ))
+        .header("cookie", format!("otter_session={session}"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let id = r["id"].as_i64().unwrap();
+    let at = html
+        .find(&format!("data-request=\"{id}\""))
+        .unwrap_or_else(|| panic!("request {id} on the page: {html}"));
+    let row = &html[at..at + html[at..].find("</tr>").unwrap()];
+    assert!(row.contains("data-outcome=\"structured\""), "{row}");
+    assert!(row.contains("<td>#1</td>"), "{row}");
+    assert!(
+        row.contains(
+            "<td class=\"rows-lost\" title=\"sales: live 803, backup 500; scans: live 1, backup \
+             0\">304 (sales 303, scans 1)</td>"
+        ),
+        "{row}"
+    );
+    assert!(row.contains("refused backups: #2 ("), "{row}");
 }

@@ -2,8 +2,10 @@
 //! server to restore a terminal's backup (`POST /api/v1/backups/{device}/restore-requests`),
 //! an auditor's request is refused (403); `otter-agent restore --requested` picks the
 //! request up by hand, restores exactly that backup and reports the outcome, so the request
-//! is marked done with the result and both steps are in the audit log; `otter-agent run
-//! --once` picks a request up only with `[restore] allow_remote_requests = true`.
+//! is marked done with the result and its structured outcome (rows lost per table) and both
+//! steps are in the audit log; `otter-agent run --once` picks a request up only with
+//! `[restore] allow_remote_requests = true`, and when the server refuses the structured
+//! outcome (as an older server does) the agent reports the message alone.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -147,6 +149,12 @@ fn a_restorer_requests_a_restore_and_the_terminal_carries_it_out() {
         r["result"].as_str().unwrap().contains("restored backup #1"),
         "{v}"
     );
+    assert_eq!(
+        r["outcome"],
+        json!({"restored_sequence": 1,
+               "rows_lost": [{"table": "sales", "rows": 3, "live": 503, "backup": 500}]}),
+        "the structured outcome: {v}"
+    );
     assert!(r["finished_at"].as_i64().is_some(), "{v}");
     // Nothing left to do.
     let out = common::command("otter-agent")
@@ -206,8 +214,24 @@ fn a_restorer_requests_a_restore_and_the_terminal_carries_it_out() {
     let (_, v) = fleet.get(&requests, &restorer);
     assert_eq!(v["requests"][0]["status"], "pending", "not enabled: {v}");
     assert_eq!(rows(&db), 100);
+    // A table whose name is longer than the server takes in a structured outcome: the
+    // server refuses the outcome (400, as a server older than it refuses the field) and the
+    // agent reports again with the message alone.
+    let long = "t".repeat(300);
+    sql(
+        &db,
+        &format!("CREATE TABLE {long} (a); INSERT INTO {long} VALUES (1);"),
+    );
     let out = run_once(&daemon_config(true));
     let (_, v) = fleet.get(&requests, &restorer);
     assert_eq!(v["requests"][0]["status"], "done", "{v}\n{}", show(&out));
+    assert!(v["requests"][0]["outcome"].is_null(), "{v}");
+    assert!(
+        v["requests"][0]["result"]
+            .as_str()
+            .unwrap()
+            .contains("restored backup #1"),
+        "{v}"
+    );
     assert_eq!(rows(&db), 500);
 }

@@ -17,58 +17,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
+#[path = "common/site.rs"]
+mod site;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use common::{command, show, ServerGuard};
+use fleet::COMPONENT;
 use otter_keys::age::secrecy::SecretString;
 use otter_keys::crypto::KeyId;
 use otter_keys::metadata::{Metadata, Root, Timestamp};
 use otter_keys::time::UtcTime;
 use serde_json::Value;
-
-const COMPONENT: &str = "pos-app";
-const ROOT_PASS: &str = "rotation test root passphrase";
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "{}", show(&out));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn bundle(version: &str) -> Vec<u8> {
-    let payload = format!("pos application {version}\n").into_bytes();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "name": COMPONENT, "kind": "firmware", "version": version, "hardware": ["pos-a"],
-        "payload": [{"path": "app.bin", "size": payload.len(),
-                     "sha256": otter_keys::hash::sha256_hex(&payload)}],
-        "health": ["/bin/sh", "-c", "test -f app.bin"],
-    }))
-    .unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in [("manifest.json", &manifest[..]), ("app.bin", &payload[..])] {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(path).unwrap();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
-    }
-    zstd::encode_all(&b.into_inner().unwrap()[..], 1).unwrap()
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
+use site::{bundle, copy_tree, ok, online_backup, Site, ROOT_PASS};
 
 const PY_CLIENT: &str = r#"
 import os, sys
@@ -106,64 +70,8 @@ fn python() -> PathBuf {
     p
 }
 
-struct Site {
-    tmp: tempfile::TempDir,
-    pass: PathBuf,
-    root_pass: PathBuf,
-    data: PathBuf,
-    admin: PathBuf,
-    publisher: PathBuf,
-    agent_config: PathBuf,
-}
-
+/// What only this test does with the site: push roots, download with python-tuf.
 impl Site {
-    fn t(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn ceremony(&self) -> PathBuf {
-        self.t().join("ceremony")
-    }
-
-    fn server(&self, log: &str, extra: &[&str]) -> ServerGuard {
-        let mut args: Vec<&std::ffi::OsStr> =
-            vec!["--passphrase-file".as_ref(), self.pass.as_os_str()];
-        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
-        ServerGuard::start(&self.data, &args, &self.t().join(log))
-    }
-
-    fn host(&self, args: &[&str]) -> Output {
-        command("otter-server")
-            .args(args)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .output()
-            .unwrap()
-    }
-
-    fn keys(&self, args: &[&str]) -> Output {
-        command("otter-keys")
-            .env("OTTER_KEYS_SCRYPT_LOG_N", "10")
-            .args(args)
-            .arg("--passphrase-file")
-            .arg(&self.root_pass)
-            .arg("--online-passphrase-file")
-            .arg(&self.pass)
-            .output()
-            .unwrap()
-    }
-
-    fn publish(&self, server: &ServerGuard, version: &str) {
-        let file = self.t().join(format!("{COMPONENT}-{version}.bundle"));
-        std::fs::write(&file, bundle(version)).unwrap();
-        ok(command("otter-server")
-            .args(["publish", "--server", &server.url, "--token-file"])
-            .arg(&self.publisher)
-            .arg(&file)
-            .output()
-            .unwrap());
-    }
-
     fn push(&self, server: &ServerGuard, token: &Path, root: &Path) -> Output {
         command("otter-server")
             .args(["root", "push", "--server", &server.url, "--token-file"])
@@ -171,13 +79,6 @@ impl Site {
             .arg(root)
             .output()
             .unwrap()
-    }
-
-    fn update(&self) -> String {
-        ok(command("otter-agent")
-            .args(["update", "--config", self.agent_config.to_str().unwrap()])
-            .output()
-            .unwrap())
     }
 
     /// python-tuf with a metadata dir kept between runs; returns the downloaded bytes.
@@ -200,59 +101,6 @@ impl Site {
         let path = ok(out);
         std::fs::read(path.trim()).unwrap()
     }
-}
-
-/// A production site (ceremony, `otter-server init`, admin and publisher tokens, an agent
-/// config); not yet serving.
-fn site() -> Site {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let pass = t.join("online-pass");
-    std::fs::write(&pass, "rotation test online passphrase\n").unwrap();
-    let root_pass = t.join("root-pass");
-    std::fs::write(&root_pass, format!("{ROOT_PASS}\n")).unwrap();
-    let data = t.join("otter-data");
-    let agent_config = t.join("agent.toml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            "state_dir = {:?}\ninstall_root = {:?}\n[update]\njitter_secs = 0\n",
-            t.join("terminal/state").to_str().unwrap(),
-            t.join("terminal/opt-otter").to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let s = Site {
-        pass,
-        root_pass,
-        data,
-        admin: t.join("admin.token"),
-        publisher: t.join("publisher.token"),
-        agent_config,
-        tmp,
-    };
-    ok(s.keys(&["init", "--dir", s.ceremony().to_str().unwrap()]));
-    let admin = ok(s.host(&[
-        "init",
-        "--root",
-        s.ceremony().join("1.root.json").to_str().unwrap(),
-        "--keys-dir",
-        s.ceremony().join("keys").to_str().unwrap(),
-        "--passphrase-file",
-        s.pass.to_str().unwrap(),
-    ]));
-    std::fs::write(&s.admin, admin.trim()).unwrap();
-    let publisher = ok(s.host(&["token", "create", "--role", "publisher"]));
-    std::fs::write(&s.publisher, publisher.trim()).unwrap();
-    s
-}
-
-/// Points the enrolled terminal at a restarted server (another loopback port).
-fn repoint(s: &Site, old_url: &str, new_url: &str) {
-    let file = s.t().join("terminal/state/agent.json");
-    let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.contains(old_url), "{text}");
-    std::fs::write(&file, text.replace(old_url, new_url)).unwrap();
 }
 
 fn root_of(path: &Path) -> Metadata<Root> {
@@ -285,49 +133,6 @@ fn refused(out: &Output, code: &str) -> String {
     err
 }
 
-/// `serve` must exit by itself with an error; returns its stderr.
-fn serve_refuses(s: &Site, extra: &[&str]) -> String {
-    let mut child = command("otter-server")
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&s.data)
-        .arg("--passphrase-file")
-        .arg(&s.pass)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let _ = child.wait();
-            panic!("the server started on a database older than its store");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success(), "{}", show(&out));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn online_backup(db: &Path, to: &Path) {
-    ok(Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3, sys\n\
-             src = sqlite3.connect(sys.argv[1])\n\
-             dst = sqlite3.connect(sys.argv[2])\n\
-             src.backup(dst)\n\
-             dst.close()\n\
-             src.close()",
-        ])
-        .arg(db)
-        .arg(to)
-        .output()
-        .unwrap());
-}
-
 /// A root v2 made in a copy of the ceremony dir by `otter-keys root rotate ARGS`.
 fn rotated_copy(s: &Site, name: &str, args: &[&str]) -> PathBuf {
     let dir = s.t().join(name);
@@ -340,7 +145,8 @@ fn rotated_copy(s: &Site, name: &str, args: &[&str]) -> PathBuf {
 
 #[test]
 fn a_rotated_root_and_timestamp_key_are_taken_by_the_running_server_and_followed_by_clients() {
-    let s = site();
+    let s = Site::new(None);
+    s.init(&s.data);
     let c = s.ceremony();
     let root1 = root_of(&c.join("1.root.json"));
     let old_ts = root1.signed().role("timestamp").unwrap().keyids[0].clone();
@@ -351,16 +157,7 @@ fn a_rotated_root_and_timestamp_key_are_taken_by_the_running_server_and_followed
 
     let server = s.server("server-1.log", &[]);
     s.publish(&server, "1.0.0");
-    let enroll = ok(s.host(&["enroll-token", "create", "--expires-in", "1h"]));
-    ok(command("otter-agent")
-        .args(["enroll", "--server", &server.url, "--model", "pos-a"])
-        .env("OTTER_ENROLL_TOKEN", enroll.trim())
-        .arg("--trusted-root")
-        .arg(c.join("1.root.json"))
-        .arg("--state-dir")
-        .arg(s.t().join("terminal/state"))
-        .output()
-        .unwrap());
+    s.enroll(&server, &s.data);
     assert!(s.update().contains("installed 1.0.0"));
     assert_eq!(s.python_download(&server, "1.0.0"), bundle("1.0.0"));
     // A database copy from before the rotation, for the stale-database part at the end.
@@ -670,7 +467,7 @@ fn a_rotated_root_and_timestamp_key_are_taken_by_the_running_server_and_followed
     let old_url = server.url.clone();
     server.stop();
     let server = s.server("server-2.log", &[]);
-    repoint(&s, &old_url, &server.url);
+    s.repoint(&old_url, &server.url);
     s.publish(&server, "1.2.0");
     assert!(s.update().contains("installed 1.2.0"));
 
@@ -683,7 +480,7 @@ fn a_rotated_root_and_timestamp_key_are_taken_by_the_running_server_and_followed
         let _ = std::fs::remove_file(s.data.join(f));
     }
     std::fs::copy(&old_db, s.data.join("otter.db")).unwrap();
-    let err = serve_refuses(&s, &[]);
+    let err = s.serve_refuses(&s.data, &[], "on a database older than its store");
     assert!(
         err.contains("root version 3 in the store, 1 in the database")
             && err.contains("--resume-above-store")
@@ -697,7 +494,7 @@ fn a_rotated_root_and_timestamp_key_are_taken_by_the_running_server_and_followed
     );
     let seen: Metadata<Timestamp> = Metadata::from_bytes(&store_ts, 1 << 20).unwrap();
     let server = s.server("server-3.log", &["--resume-above-store"]);
-    repoint(&s, &old_url2, &server.url);
+    s.repoint(&old_url2, &server.url);
     let ts: Metadata<Timestamp> = Metadata::from_bytes(
         &get(&format!("{}/repo/metadata/timestamp.json", server.url)).1,
         1 << 20,

@@ -16,13 +16,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{command, show, ServerGuard};
+use common::{command, show};
+use fleet::Fleet;
 use otter_keys::age::secrecy::ExposeSecret;
-use otter_keys::age::x25519::Identity;
 use otter_keys::envelope::SignedManifest;
 use serde_json::Value;
 
@@ -95,92 +97,55 @@ fn x25519_stanzas(age_file: &[u8]) -> usize {
         .count()
 }
 
-struct Fleet {
-    tmp: tempfile::TempDir,
-    data: PathBuf,
-    server: ServerGuard,
-    recovery: Identity,
+/// A fleet with a recovery key, whose group `lab` is write-only; `env` for the server.
+fn start(env: &[(&str, &str)]) -> Fleet {
+    let mut builder = Fleet::builder()
+        .recovery_key()
+        .backups_toml("write_only_groups = [\"lab\"]\n");
+    for (k, v) in env {
+        builder = builder.server_env(k, v);
+    }
+    builder.start()
 }
 
-impl Fleet {
-    fn start(env: &[(String, String)]) -> Fleet {
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("server-data");
-        let recovery = Identity::generate();
-        let config = tmp.path().join("server.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[backups]\nrecovery_recipient = \"{}\"\nwrite_only_groups = [\"lab\"]\n",
-                recovery.to_public()
-            ),
-        )
-        .unwrap();
-        let server = ServerGuard::start_env(
-            &data,
-            &["--config".as_ref(), config.as_os_str()],
-            env,
-            &tmp.path().join("server.log"),
-        );
-        Fleet {
-            tmp,
-            data,
-            server,
-            recovery,
-        }
-    }
+/// Enrolls a terminal of `group` with state in `TMP/NAME/state`; returns the state dir and
+/// the enrollment record.
+fn enroll(fleet: &Fleet, name: &str, group: Option<&str>) -> (PathBuf, Value) {
+    let t = fleet.enroll_in(name, group);
+    let agent: Value =
+        serde_json::from_slice(&std::fs::read(t.state.join("agent.json")).unwrap()).unwrap();
+    (t.state, agent)
+}
 
-    /// Enrolls a terminal of `group` with state in `TMP/NAME/state`; returns the state dir and
-    /// the enrollment record.
-    fn enroll(&self, name: &str, group: Option<&str>) -> (PathBuf, Value) {
-        let mut c = command("otter-server");
-        c.args(["enroll-token", "create", "--expires-in", "1h", "--data-dir"])
-            .arg(&self.data);
-        if let Some(g) = group {
-            c.args(["--group", g]);
-        }
-        let token = ok(&c.output().unwrap()).trim().to_owned();
-        let root_file = self.tmp.path().join("image-root.json");
-        std::fs::copy(
-            self.data.join("store/repo/metadata/1.root.json"),
-            &root_file,
-        )
-        .unwrap();
-        let state = self.tmp.path().join(name).join("state");
-        ok(&command("otter-agent")
-            .args(["enroll", "--server", &self.server.url, "--model", "pos-a"])
-            .env("OTTER_ENROLL_TOKEN", &token)
-            .arg("--trusted-root")
-            .arg(&root_file)
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap());
-        let agent: Value =
-            serde_json::from_slice(&std::fs::read(state.join("agent.json")).unwrap()).unwrap();
-        (state, agent)
-    }
+fn backup(state: &Path, db: &Path) -> String {
+    ok(&command("otter-agent")
+        .args(["backup", "--pack-size", "65536", "--state-dir"])
+        .arg(state)
+        .arg("--database")
+        .arg(db)
+        .output()
+        .unwrap())
+}
 
-    fn backup(&self, state: &Path, db: &Path) -> String {
-        ok(&command("otter-agent")
-            .args(["backup", "--pack-size", "65536", "--state-dir"])
-            .arg(state)
-            .arg("--database")
-            .arg(db)
-            .output()
-            .unwrap())
-    }
+/// The recovery identity as a plain age identity file.
+fn recovery_file(fleet: &Fleet) -> PathBuf {
+    let path = fleet.tmp.path().join("recovery.txt");
+    std::fs::write(
+        &path,
+        format!("{}\n", fleet.recovery().to_string().expose_secret()),
+    )
+    .unwrap();
+    path
+}
 
-    /// The recovery identity as a plain age identity file.
-    fn recovery_file(&self) -> PathBuf {
-        let path = self.tmp.path().join("recovery.txt");
-        std::fs::write(
-            &path,
-            format!("{}\n", self.recovery.to_string().expose_secret()),
-        )
-        .unwrap();
-        path
-    }
+/// `otter-server ARGS --server URL` with `token`.
+fn over_api(fleet: &Fleet, token: &str, args: &[&std::ffi::OsStr]) -> Output {
+    command("otter-server")
+        .args(args)
+        .args(["--server", fleet.url()])
+        .env("OTTER_TOKEN", token)
+        .output()
+        .unwrap()
 }
 
 fn has_age_identity(state: &Path) -> bool {
@@ -193,13 +158,13 @@ fn has_age_identity(state: &Path) -> bool {
 
 #[test]
 fn a_write_only_terminal_backs_up_and_only_the_recovery_key_restores_it() {
-    let fleet = Fleet::start(&[]);
+    let fleet = start(&[]);
     // A terminal of another group keeps its backup key.
-    let (other, agent) = fleet.enroll("shop", Some("shop"));
+    let (other, agent) = enroll(&fleet, "shop", Some("shop"));
     assert_eq!(agent["backups_write_only"], false, "{agent}");
     assert!(other.join("backup.key").exists());
 
-    let (state, agent) = fleet.enroll("lab", Some("lab"));
+    let (state, agent) = enroll(&fleet, "lab", Some("lab"));
     assert_eq!(agent["backups_write_only"], true, "{agent}");
     let device = agent["device_id"].as_str().unwrap().to_owned();
     assert!(!state.join("backup.key").exists());
@@ -210,9 +175,9 @@ fn a_write_only_terminal_backs_up_and_only_the_recovery_key_restores_it() {
 
     let db = fleet.tmp.path().join("lab/pos.db");
     pos(&["make", db.to_str().unwrap(), "3000"]);
-    fleet.backup(&state, &db);
+    backup(&state, &db);
     pos(&["mutate", db.to_str().unwrap(), "append", "2"]);
-    fleet.backup(&state, &db);
+    backup(&state, &db);
     let taken = dump(&db);
     assert!(
         !has_age_identity(&state),
@@ -242,10 +207,10 @@ fn a_write_only_terminal_backs_up_and_only_the_recovery_key_restores_it() {
     )
     .unwrap();
     assert_eq!(x25519_stanzas(&manifest.body_ciphertext), 1);
-    let body = manifest.open_body(&fleet.recovery, 1 << 28).unwrap();
+    let body = manifest.open_body(fleet.recovery(), 1 << 28).unwrap();
 
     // The standard age tool with the recovery identity opens a pack.
-    let recovery = fleet.recovery_file();
+    let recovery = recovery_file(&fleet);
     let out = Command::new("age")
         .arg("-d")
         .arg("-i")
@@ -337,54 +302,31 @@ fn a_write_only_terminal_backs_up_and_only_the_recovery_key_restores_it() {
 
 #[test]
 fn the_environment_makes_the_whole_fleet_write_only() {
-    let fleet = Fleet::start(&[("OTTER_BACKUPS_WRITE_ONLY".into(), "true".into())]);
-    let (state, agent) = fleet.enroll("t", None);
+    let fleet = start(&[("OTTER_BACKUPS_WRITE_ONLY", "true")]);
+    let (state, agent) = enroll(&fleet, "t", None);
     assert_eq!(agent["backups_write_only"], true, "{agent}");
     assert!(!has_age_identity(&state));
 }
 
-impl Fleet {
-    /// An API token of `role`, made on the server host.
-    fn token(&self, role: &str) -> String {
-        ok(&command("otter-server")
-            .args(["token", "create", "--role", role, "--data-dir"])
-            .arg(&self.data)
-            .output()
-            .unwrap())
-        .trim()
-        .to_owned()
-    }
-
-    /// `otter-server ARGS --server URL` with `token`.
-    fn over_api(&self, token: &str, args: &[&std::ffi::OsStr]) -> Output {
-        command("otter-server")
-            .args(args)
-            .args(["--server", &self.server.url])
-            .env("OTTER_TOKEN", token)
-            .output()
-            .unwrap()
-    }
-}
-
 #[test]
 fn a_replacement_terminal_restores_through_the_server_with_signed_requests() {
-    let fleet = Fleet::start(&[]);
+    let fleet = start(&[]);
     let restorer = fleet.token("restorer");
     let admin = fleet.token("admin");
-    let (dead_state, dead) = fleet.enroll("dead", Some("lab"));
+    let (dead_state, dead) = enroll(&fleet, "dead", Some("lab"));
     let dead_id = dead["device_id"].as_str().unwrap().to_owned();
     let dead_db = fleet.tmp.path().join("dead/pos.db");
     pos(&["make", dead_db.to_str().unwrap(), "3000"]);
-    fleet.backup(&dead_state, &dead_db);
+    backup(&dead_state, &dead_db);
     pos(&["mutate", dead_db.to_str().unwrap(), "append", "2"]);
-    fleet.backup(&dead_state, &dead_db);
+    backup(&dead_state, &dead_db);
     let taken = dump(&dead_db);
     let dead_key = otter_agent::device::Identity::load(&dead_state)
         .unwrap()
         .public_key_hex();
 
     // The replacement (write-only too) enrolls and makes its one-time restore key.
-    let (new_state, new) = fleet.enroll("new", Some("lab"));
+    let (new_state, new) = enroll(&fleet, "new", Some("lab"));
     let new_id = new["device_id"].as_str().unwrap().to_owned();
     let recipient = ok(&command("otter-agent")
         .args(["restore-key", "--state-dir"])
@@ -396,7 +338,8 @@ fn a_replacement_terminal_restores_through_the_server_with_signed_requests() {
 
     // Export through the API: the same files as the store holds, ciphertext only.
     let export = fleet.tmp.path().join("export");
-    let said = ok(&fleet.over_api(
+    let said = ok(&over_api(
+        &fleet,
         &restorer,
         &[
             "backups".as_ref(),
@@ -424,7 +367,8 @@ fn a_replacement_terminal_restores_through_the_server_with_signed_requests() {
     }
     // An auditor may not export.
     let auditor = fleet.token("auditor");
-    let out = fleet.over_api(
+    let out = over_api(
+        &fleet,
         &auditor,
         &[
             "backups".as_ref(),
@@ -447,7 +391,7 @@ fn a_replacement_terminal_restores_through_the_server_with_signed_requests() {
     let transfer = fleet.tmp.path().join("transfer");
     ok(&command("otter-keys")
         .args(["backup", "reencrypt", "--identity"])
-        .arg(fleet.recovery_file())
+        .arg(recovery_file(&fleet))
         .arg("--from")
         .arg(&export)
         .args(["--device", &dead_id, "--device-key", &dead_key])
@@ -473,7 +417,8 @@ fn a_replacement_terminal_restores_through_the_server_with_signed_requests() {
     )
     .unwrap();
     let import = |dir: &Path| {
-        fleet.over_api(
+        over_api(
+            &fleet,
             &restorer,
             &[
                 "backups".as_ref(),
@@ -494,7 +439,8 @@ fn a_replacement_terminal_restores_through_the_server_with_signed_requests() {
     );
     let said = ok(&import(&transfer));
     assert!(said.contains("2 manifests"), "{said}");
-    let list = ok(&fleet.over_api(
+    let list = ok(&over_api(
+        &fleet,
         &restorer,
         &[
             "backups".as_ref(),

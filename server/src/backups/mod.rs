@@ -20,6 +20,7 @@ pub mod gc;
 pub mod quota;
 pub mod receipt;
 pub mod requests;
+pub mod restore_outcome;
 pub mod retention;
 pub mod transfers;
 pub mod verify;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::audit::{self, Actor};
+use crate::backups::restore_outcome::RestoreOutcome;
 
 /// The audit action of a new restore request.
 pub const REQUESTED: &str = "backup.restore_request";
@@ -68,9 +69,11 @@ pub struct RestoreRequest {
     /// When the device first fetched it (`GET /api/v1/device/restore-requests`), Unix
     /// seconds; `None` while it has not.
     pub delivered_at: Option<i64>,
+    /// The terminal's structured outcome, when it sent one (agents before it did not).
+    pub outcome: Option<RestoreOutcome>,
 }
 
-const COLUMNS: &str = "id, device_id, sequence, header_hash, reason, requested_by, requested_at, status, result, finished_at, repair, delivered_at";
+const COLUMNS: &str = "id, device_id, sequence, header_hash, reason, requested_by, requested_at, status, result, finished_at, repair, delivered_at, outcome";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<RestoreRequest> {
     Ok(RestoreRequest {
@@ -86,6 +89,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<RestoreRequest> {
         finished_at: r.get(9)?,
         repair: r.get::<_, i64>(10)? != 0,
         delivered_at: r.get(11)?,
+        outcome: RestoreOutcome::from_stored(r.get::<_, Option<String>>(12)?.as_deref()),
     })
 }
 
@@ -201,13 +205,29 @@ pub fn finish(
     message: &str,
     now: i64,
 ) -> Result<Option<RestoreRequest>, RequestError> {
+    finish_with_outcome(conn, device, id, ok, message, None, now)
+}
+
+/// [`finish`] with the terminal's structured outcome, already checked
+/// ([`RestoreOutcome::check_bounds`], [`RestoreOutcome::check_against`]), stored as JSON
+/// and audited with the message.
+pub fn finish_with_outcome(
+    conn: &mut Connection,
+    device: &str,
+    id: i64,
+    ok: bool,
+    message: &str,
+    outcome: Option<&RestoreOutcome>,
+    now: i64,
+) -> Result<Option<RestoreRequest>, RequestError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let message = clean(message);
     let status = if ok { "done" } else { "failed" };
+    let stored = outcome.and_then(|o| serde_json::to_string(o).ok());
     let n = tx.execute(
-        "UPDATE restore_requests SET status = ?1, result = ?2, finished_at = ?3
+        "UPDATE restore_requests SET status = ?1, result = ?2, finished_at = ?3, outcome = ?6
          WHERE id = ?4 AND device_id = ?5 AND status = 'pending'",
-        rusqlite::params![status, message, now, id, device],
+        rusqlite::params![status, message, now, id, device, stored],
     )?;
     if n == 0 {
         return Ok(None);
@@ -217,7 +237,7 @@ pub fn finish(
         &Actor::device(device),
         FINISHED,
         &format!("device:{device}"),
-        &json!({"request": id, "status": status, "result": message}),
+        &json!({"request": id, "status": status, "result": message, "outcome": outcome}),
         now,
     )?;
     let req = tx.query_row(

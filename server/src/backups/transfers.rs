@@ -3,11 +3,15 @@
 //! backup re-encrypted with the fleet recovery key) imported for a device, checked without
 //! any key, stored at `transfers/{device}/{transfer_id}/{path}` and catalogued in
 //! `backup_transfers`; the device fetches it with signed requests and restores it with the
-//! checks of `otter-agent restore --from-transfer`.
+//! checks of `otter-agent restore --from-transfer`. A transfer is catalogued `importing`
+//! before its objects are written and becomes `ready` (visible to the device) once all are;
+//! a delete, or a failed import's clean-up, marks it `deleting` (hidden again), removes its
+//! objects ([`remove_objects`]) and then its row, so an interrupted one can be repeated.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use object_store::ObjectStoreExt;
 use otter_keys::envelope::SignedManifest;
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -15,7 +19,7 @@ use serde::{Deserialize, Serialize};
 /// Schema of the transfer catalog (database migration 14).
 pub const SCHEMA: &str = r#"
 -- Transfers imported for a device: files (a JSON array of [path, length]) are stored at
--- transfers/{device_id}/{transfer_id}/{path}; the row is written after every object.
+-- transfers/{device_id}/{transfer_id}/{path}. Migration 16 adds the state column.
 CREATE TABLE backup_transfers (
     transfer_id        TEXT    PRIMARY KEY,
     device_id          TEXT    NOT NULL,
@@ -31,6 +35,11 @@ CREATE TABLE backup_transfers (
 ) STRICT;
 CREATE INDEX backup_transfers_device ON backup_transfers (device_id, created_at);
 "#;
+
+/// Migration 16: a transfer's state (`importing` while its objects are written, `ready`
+/// once they all are, `deleting` while they are removed). Rows from before are `ready`.
+pub const STATE_SCHEMA: &str = "ALTER TABLE backup_transfers ADD COLUMN state TEXT NOT NULL \
+     DEFAULT 'ready' CHECK (state IN ('importing', 'ready', 'deleting'));";
 
 /// Most files a transfer may hold.
 pub const MAX_TRANSFER_FILES: usize = 200_000;
@@ -52,6 +61,22 @@ pub enum TransferError {
     /// A stored value could not be read back.
     #[error("the transfer catalog holds an unreadable value: {0}")]
     Corrupt(String),
+    /// The transfer was deleted (or its import given up) while it was being imported.
+    #[error("backup transfer {0} was deleted while it was being imported; import it again")]
+    Withdrawn(String),
+    /// Objects of a transfer could not be removed from the object store.
+    #[error(
+        "removing {failed} object(s) of backup transfer {transfer} failed (first: {first}); \
+             repeat the DELETE once the object store works"
+    )]
+    Remove {
+        /// The transfer.
+        transfer: String,
+        /// How many objects (or listings) failed.
+        failed: usize,
+        /// The first failure.
+        first: String,
+    },
 }
 
 fn invalid(m: impl Into<String>) -> TransferError {
@@ -312,15 +337,60 @@ pub struct TransferRecord {
     pub created_at: i64,
     /// When the device first fetched it.
     pub fetched_at: Option<i64>,
+    /// Where it is in its life; only `ready` ones are shown to the device.
+    pub state: TransferState,
     /// Its files: path and length.
     #[serde(skip)]
     pub files: Vec<(String, u64)>,
 }
 
+/// Where a transfer is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferState {
+    /// Its objects are being written (or an import was cut off by a crash): hidden from
+    /// the device; a `DELETE` removes what was written.
+    Importing,
+    /// Stored and catalogued: the device may fetch it.
+    Ready,
+    /// Being removed, by a delete or a failed import's clean-up that has not finished:
+    /// hidden from the device; repeating the `DELETE` finishes it.
+    Deleting,
+}
+
+impl TransferState {
+    /// The value in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferState::Importing => "importing",
+            TransferState::Ready => "ready",
+            TransferState::Deleting => "deleting",
+        }
+    }
+
+    fn parse(s: &str) -> Option<TransferState> {
+        [
+            TransferState::Importing,
+            TransferState::Ready,
+            TransferState::Deleting,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
 const COLUMNS: &str = "transfer_id, device_id, source_device_id, source_public_key, files, \
-                       manifests, packs, bytes, created_by, created_at, fetched_at";
+                       manifests, packs, bytes, created_by, created_at, fetched_at, state";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<(TransferRecord, String)> {
+    let state: String = r.get(11)?;
+    let state = TransferState::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            11,
+            rusqlite::types::Type::Text,
+            format!("unknown transfer state {state:?}").into(),
+        )
+    })?;
     Ok((
         TransferRecord {
             id: r.get(0)?,
@@ -334,6 +404,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<(TransferRecord, String)> {
             created_by: r.get(8)?,
             created_at: r.get(9)?,
             fetched_at: r.get(10)?,
+            state,
         },
         r.get(4)?,
     ))
@@ -345,18 +416,18 @@ fn finish((mut t, files): (TransferRecord, String)) -> Result<TransferRecord, Tr
     Ok(t)
 }
 
-/// Catalogues a transfer whose files are stored, and audits it, in one transaction.
-pub fn insert(
-    conn: &mut Connection,
-    actor: &crate::audit::Actor,
-    t: &TransferRecord,
-) -> Result<(), TransferError> {
+/// Catalogues a transfer about to be stored, as `importing` (hidden from the device), before
+/// its first object is written: whatever an interrupted import leaves in the store is named
+/// by a row a `DELETE` can clean up. Audited once ready ([`mark_ready`]).
+pub fn insert_importing(conn: &Connection, t: &TransferRecord) -> Result<(), TransferError> {
     let files =
         serde_json::to_string(&t.files).map_err(|e| TransferError::Corrupt(e.to_string()))?;
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let tx = conn.transaction()?;
-    tx.execute(
-        &format!("INSERT INTO backup_transfers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL)"),
+    conn.execute(
+        &format!(
+            "INSERT INTO backup_transfers ({COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, 'importing')"
+        ),
         rusqlite::params![
             t.id,
             t.device_id,
@@ -370,6 +441,27 @@ pub fn insert(
             t.created_at
         ],
     )?;
+    Ok(())
+}
+
+/// Makes an `importing` transfer whose objects are all stored `ready` (the device sees it
+/// from now on) and audits the import (`backup.transfer_import`), in one transaction.
+/// [`TransferError::Withdrawn`] when it is no longer `importing` (deleted meanwhile).
+pub fn mark_ready(
+    conn: &mut Connection,
+    actor: &crate::audit::Actor,
+    t: &TransferRecord,
+    now: i64,
+) -> Result<(), TransferError> {
+    let tx = conn.transaction()?;
+    let changed = tx.execute(
+        "UPDATE backup_transfers SET state = 'ready'
+         WHERE transfer_id = ?1 AND state = 'importing'",
+        [&t.id],
+    )?;
+    if changed != 1 {
+        return Err(TransferError::Withdrawn(t.id.clone()));
+    }
     audit(
         &tx,
         actor,
@@ -383,10 +475,157 @@ pub fn insert(
             "packs": t.packs,
             "bytes": t.bytes,
         }),
-        t.created_at,
+        now,
     )?;
     tx.commit()?;
     Ok(())
+}
+
+/// Starts deleting transfer `id` of `device_id`, whatever its state: marks it `deleting`
+/// (the device no longer sees it) and audits `backup.transfer_delete`, in one transaction.
+/// `None` when there is no such transfer. Then remove its objects ([`remove_objects`]) and
+/// its row ([`forget`]); a delete cut off in between is finished by calling this again.
+pub fn begin_delete(
+    conn: &mut Connection,
+    actor: &crate::audit::Actor,
+    device_id: &str,
+    id: &str,
+    now: i64,
+) -> Result<Option<TransferRecord>, TransferError> {
+    let tx = conn.transaction()?;
+    let Some(mut t) = find(&tx, device_id, id)? else {
+        return Ok(None);
+    };
+    tx.execute(
+        "UPDATE backup_transfers SET state = 'deleting' WHERE transfer_id = ?1",
+        [&t.id],
+    )?;
+    audit(
+        &tx,
+        actor,
+        "backup.transfer_delete",
+        device_id,
+        &serde_json::json!({
+            "transfer": t.id,
+            "source_device": t.source_device_id,
+            "state": t.state.as_str(),
+            "manifests": t.manifests,
+            "packs": t.packs,
+            "bytes": t.bytes,
+        }),
+        now,
+    )?;
+    tx.commit()?;
+    t.state = TransferState::Deleting;
+    Ok(Some(t))
+}
+
+/// Marks a transfer whose import failed `deleting` (not audited: nothing was imported), so
+/// that its remaining objects are listed and a `DELETE` removes them.
+pub fn abandon(conn: &Connection, id: &str) -> Result<(), TransferError> {
+    conn.execute(
+        "UPDATE backup_transfers SET state = 'deleting' WHERE transfer_id = ?1",
+        [id],
+    )?;
+    Ok(())
+}
+
+/// Removes the row of a transfer that is not `ready` (its objects are gone); whether there
+/// was one.
+pub fn forget(conn: &Connection, id: &str) -> Result<bool, TransferError> {
+    Ok(conn.execute(
+        "DELETE FROM backup_transfers WHERE transfer_id = ?1 AND state <> 'ready'",
+        [id],
+    )? == 1)
+}
+
+/// Deletes every object of transfer `transfer_id` of `device_id` from the store: its
+/// catalogued `files` (one already gone is fine), then anything else the store lists under
+/// its prefix `transfers/DEVICE/ID/`, and, in a local store, that directory (empty
+/// directories and unfinished uploads). Failures are logged and reported together:
+/// [`TransferError::Remove`]; calling it again retries.
+pub async fn remove_objects(
+    store: &crate::store::Store,
+    device_id: &str,
+    transfer_id: &str,
+    files: &[(String, u64)],
+) -> Result<(), TransferError> {
+    use futures_util::StreamExt;
+    let prefix = format!("transfers/{device_id}/{transfer_id}");
+    let mut keys: BTreeSet<String> = files
+        .iter()
+        .map(|(p, _)| object_key(device_id, transfer_id, p))
+        .collect();
+    let mut failures: Vec<String> = Vec::new();
+    match crate::store::object_path(&prefix) {
+        Ok(path) => {
+            let mut listed = store.inner().list(Some(&path));
+            while let Some(item) = listed.next().await {
+                match item {
+                    Ok(meta) => {
+                        keys.insert(meta.location.to_string());
+                    }
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        failures.push(format!("listing {prefix}/: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        Err(e) => failures.push(e.to_string()),
+    }
+    let delete = |key: String| async move {
+        let path = crate::store::object_path(&key).map_err(|e| (key.clone(), e.to_string()))?;
+        match store.inner().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err((key.clone(), format!("deleting {key}: {e}"))),
+        }
+    };
+    let first: Vec<Result<(), (String, String)>> = futures_util::stream::iter(keys)
+        .map(delete)
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    // Failures get a second try, one at a time, after all the others: a transient error, or
+    // an object whose path was blocked by another one removed meanwhile.
+    for (key, _) in first.into_iter().filter_map(Result::err) {
+        if let Err((_, e)) = delete(key).await {
+            failures.push(e);
+        }
+    }
+    if failures.is_empty() {
+        if let Some(dir) = store.local_file(&prefix) {
+            let removed =
+                tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(format!("removing the directory {}: {e}", dir.display()))
+                    }
+                    _ => Ok(()),
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(e) = removed {
+                failures.push(e);
+            }
+        }
+    }
+    for f in &failures {
+        tracing::warn!(
+            device = device_id,
+            transfer = transfer_id,
+            error = f.as_str(),
+            "removing an object of a backup transfer failed"
+        );
+    }
+    match failures.first() {
+        None => Ok(()),
+        Some(first) => Err(TransferError::Remove {
+            transfer: transfer_id.to_owned(),
+            failed: failures.len(),
+            first: first.clone(),
+        }),
+    }
 }
 
 /// Appends an audit entry about `device`'s backups.
@@ -413,17 +652,31 @@ pub fn audit(
     })
 }
 
-/// A device's transfers, newest first.
+/// A device's `ready` transfers (those it may fetch), newest first.
 pub fn list(conn: &Connection, device_id: &str) -> Result<Vec<TransferRecord>, TransferError> {
+    list_where(conn, device_id, true)
+}
+
+/// All of a device's transfers, also those being imported or deleted, newest first.
+pub fn list_all(conn: &Connection, device_id: &str) -> Result<Vec<TransferRecord>, TransferError> {
+    list_where(conn, device_id, false)
+}
+
+fn list_where(
+    conn: &Connection,
+    device_id: &str,
+    ready_only: bool,
+) -> Result<Vec<TransferRecord>, TransferError> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM backup_transfers WHERE device_id = ?1
+           AND (state = 'ready' OR NOT ?2)
          ORDER BY created_at DESC, rowid DESC"
     ))?;
-    let rows = stmt.query_map([device_id], row)?;
+    let rows = stmt.query_map(rusqlite::params![device_id, ready_only], row)?;
     rows.map(|r| finish(r?)).collect()
 }
 
-/// One of a device's transfers; `"latest"` is the newest.
+/// One of a device's `ready` transfers; `"latest"` is the newest.
 pub fn get(
     conn: &Connection,
     device_id: &str,
@@ -432,6 +685,15 @@ pub fn get(
     if id == "latest" {
         return Ok(list(conn, device_id)?.into_iter().next());
     }
+    Ok(find(conn, device_id, id)?.filter(|t| t.state == TransferState::Ready))
+}
+
+/// One of a device's transfers, in any state.
+fn find(
+    conn: &Connection,
+    device_id: &str,
+    id: &str,
+) -> Result<Option<TransferRecord>, TransferError> {
     conn.query_row(
         &format!(
             "SELECT {COLUMNS} FROM backup_transfers WHERE device_id = ?1 AND transfer_id = ?2"
@@ -576,6 +838,111 @@ mod tests {
         assert!(!work.path().parent().unwrap().join("escaped").exists());
         // Every unpacking directory is gone again.
         assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+    }
+
+    fn record(id: &str, created_at: i64) -> TransferRecord {
+        TransferRecord {
+            id: id.into(),
+            device_id: "new".into(),
+            source_device_id: "dead".into(),
+            source_public_key: "ab".repeat(32),
+            manifests: 1,
+            packs: 2,
+            bytes: 30,
+            created_by: "token:1".into(),
+            created_at,
+            fetched_at: None,
+            state: TransferState::Importing,
+            files: vec![("transfer.json".into(), 10), ("packs/ab/x".into(), 20)],
+        }
+    }
+
+    fn actions(c: &Connection) -> Vec<String> {
+        let mut stmt = c
+            .prepare("SELECT action FROM audit_log ORDER BY seq")
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn only_ready_transfers_reach_the_device_and_a_delete_can_be_repeated() {
+        let mut c = Connection::open_in_memory().unwrap();
+        for m in crate::db::MIGRATIONS {
+            c.execute_batch(m.sql).unwrap();
+        }
+        let admin = crate::audit::Actor::token(1);
+        let (a, b) = (
+            record("a".repeat(32).as_str(), 10),
+            record(&"b".repeat(32), 20),
+        );
+        insert_importing(&c, &a).unwrap();
+        insert_importing(&c, &b).unwrap();
+        // Being imported: listed for admins only, never fetched, not audited yet.
+        assert!(list(&c, "new").unwrap().is_empty());
+        assert_eq!(list_all(&c, "new").unwrap().len(), 2);
+        assert_eq!(get(&c, "new", "latest").unwrap(), None);
+        assert_eq!(get(&c, "new", &a.id).unwrap(), None);
+        assert!(actions(&c).is_empty());
+        mark_ready(&mut c, &admin, &a, 30).unwrap();
+        let ready = get(&c, "new", "latest").unwrap().unwrap();
+        assert_eq!(
+            (ready.id.as_str(), ready.state),
+            (a.id.as_str(), TransferState::Ready)
+        );
+        assert_eq!(ready.files, a.files);
+        assert_eq!(actions(&c), ["backup.transfer_import"]);
+
+        // Deleting: hidden from the device at once, audited; a second call (an interrupted
+        // delete repeated) finds it again; once forgotten it is unknown.
+        let d = begin_delete(&mut c, &admin, "new", &a.id, 40)
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.state, TransferState::Deleting);
+        assert_eq!(get(&c, "new", &a.id).unwrap(), None);
+        assert!(list(&c, "new").unwrap().is_empty());
+        assert_eq!(
+            begin_delete(&mut c, &admin, "other", &a.id, 41).unwrap(),
+            None
+        );
+        assert!(begin_delete(&mut c, &admin, "new", &a.id, 42)
+            .unwrap()
+            .is_some());
+        assert!(forget(&c, &a.id).unwrap());
+        assert_eq!(
+            begin_delete(&mut c, &admin, "new", &a.id, 43).unwrap(),
+            None
+        );
+        assert_eq!(
+            actions(&c),
+            [
+                "backup.transfer_import",
+                "backup.transfer_delete",
+                "backup.transfer_delete"
+            ]
+        );
+        // A ready transfer's row is never forgotten without a delete; one deleted while it
+        // was imported cannot become ready.
+        insert_importing(&c, &a).unwrap();
+        mark_ready(&mut c, &admin, &a, 50).unwrap();
+        assert!(!forget(&c, &a.id).unwrap());
+        abandon(&c, &b.id).unwrap();
+        assert!(matches!(
+            mark_ready(&mut c, &admin, &b, 60),
+            Err(TransferError::Withdrawn(_))
+        ));
+        let states: Vec<_> = list_all(&c, "new")
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.id, t.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (b.id.clone(), TransferState::Deleting),
+                (a.id.clone(), TransferState::Ready)
+            ]
+        );
     }
 
     #[test]

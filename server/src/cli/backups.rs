@@ -74,6 +74,10 @@ pub enum BackupsCommand {
     ImportTransfer(super::transfers::ImportArgs),
     /// List the transfers imported for a device (JSON), through the server's API.
     Transfers(super::transfers::ListArgs),
+    /// Delete a transfer through the server's API (admin or restorer token): the device no
+    /// longer sees it, its objects are removed from the store, audited. If the store fails
+    /// part-way, run it again to finish.
+    DeleteTransfer(super::transfers::DeleteArgs),
 }
 
 fn open_store(config: &otter_server::Config) -> Result<Store> {
@@ -155,6 +159,7 @@ pub fn run(cmd: BackupsCommand) -> Result<()> {
         BackupsCommand::Export(a) => super::transfers::export(a)?,
         BackupsCommand::ImportTransfer(a) => super::transfers::import(a)?,
         BackupsCommand::Transfers(a) => super::transfers::list(a)?,
+        BackupsCommand::DeleteTransfer(a) => super::transfers::delete(a)?,
         BackupsCommand::List { device, json, dir } => {
             let db = super::token::open(&dir)?;
             let backups = db.with_conn_blocking(|c| -> Result<_> {

@@ -1,8 +1,9 @@
-//! `otter-server backups export|import-transfer|transfers`, through the server's API with an
-//! admin or restorer token: a device's stored backup exported as ciphertext into a
-//! directory (what `otter-keys backup reencrypt --from` reads), a transfer directory (what it
-//! writes) imported for the new device, which fetches it with `otter-agent restore
-//! --from-server-transfer`, and the list of a device's transfers.
+//! `otter-server backups export|import-transfer|transfers|delete-transfer`, through the
+//! server's API with an admin or restorer token: a device's stored backup exported as
+//! ciphertext into a directory (what `otter-keys backup reencrypt --from` reads), a transfer
+//! directory (what it writes) imported for the new device, which fetches it with
+//! `otter-agent restore --from-server-transfer`, the list of a device's transfers, and the
+//! deletion of one.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,6 +49,19 @@ pub struct ListArgs {
     /// The device.
     #[arg(long)]
     pub device: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Options of `backups delete-transfer`.
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    /// The device the transfer was imported for.
+    #[arg(long)]
+    pub device: String,
+    /// The transfer's id (32 hex digits; see `backups transfers`).
+    #[arg(long, value_name = "ID")]
+    pub transfer: String,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -260,6 +274,41 @@ pub fn list(a: ListArgs) -> Result<()> {
     }
     let v: Value = res.json().context("reading the server's answer")?;
     println!("{}", serde_json::to_string_pretty(&v["transfers"])?);
+    Ok(())
+}
+
+/// `backups delete-transfer`: deletes one transfer through the API.
+pub fn delete(a: DeleteArgs) -> Result<()> {
+    check_device(&a.device)?;
+    if a.transfer.len() != 32 || !a.transfer.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "--transfer {:?} is not a transfer id (32 hex digits; see `backups transfers`)",
+            a.transfer
+        );
+    }
+    let what = format!("deleting transfer {} of device {}", a.transfer, a.device);
+    let res = request(
+        &a.api,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/devices/{}/transfers/{}", a.device, a.transfer),
+    )?
+    .send()
+    .with_context(|| format!("requesting {what}"))?;
+    if !res.status().is_success() {
+        return Err(refused(&what, res));
+    }
+    let v: Value = res.json().context("reading the server's answer")?;
+    let t = &v["deleted"];
+    println!(
+        "deleted transfer {} of device {} (backup of device {}: {} manifests, {} packs, {} \
+         bytes removed from the store)",
+        a.transfer,
+        a.device,
+        t["source_device_id"].as_str().unwrap_or("?"),
+        t["manifests"],
+        t["packs"],
+        t["bytes"],
+    );
     Ok(())
 }
 

@@ -4,7 +4,9 @@
 //! - [`requests_table`]: each request with its real status (`pending`, `delivered` once the
 //!   terminal fetched it, `done`, `failed`), when it was fetched and finished, and the
 //!   terminal's report: the backup restored, the rows lost per table, the backups a repair
-//!   refused, the error.
+//!   refused, the error. These come from the structured outcome the terminal sent
+//!   ([`crate::backups::restore_outcome`]); for reports of older agents, which sent only a
+//!   message, [`parse_outcome`] reads them from its text.
 //! - `GET /console/devices/{device}/repair` (admin, restorer): the confirmation page of an
 //!   admin-ordered repair, with what the server knows the repair will lose.
 //! - `POST /console/devices/{device}/repair` (admin, restorer; CSRF-checked; the device id
@@ -24,6 +26,7 @@ use super::html::{self, ago, esc, time, url_part};
 use super::{RequestRestore, NAV};
 use crate::audit::Actor;
 use crate::backups::requests::{self, RestoreRequest, Which};
+use crate::backups::restore_outcome::RestoreOutcome;
 use crate::backups::verify::{last_verifications, VerificationRecord};
 use crate::backups::{list_manifests, ManifestRecord};
 use crate::db::unix_now;
@@ -52,6 +55,45 @@ pub struct Outcome {
     pub lost: Option<Vec<(String, u64)>>,
     /// Backups a repair refused, and why (as reported).
     pub refused: Option<String>,
+    /// Live and backup row counts per table, in the order of `lost` (structured reports
+    /// only).
+    pub counts: Option<Vec<(u64, u64)>>,
+    /// Read from the terminal's structured outcome, not from its message.
+    pub structured: bool,
+}
+
+impl From<&RestoreOutcome> for Outcome {
+    fn from(o: &RestoreOutcome) -> Outcome {
+        let refused = (!o.refused.is_empty()).then(|| {
+            o.refused
+                .iter()
+                .map(|r| format!("#{} ({})", r.sequence, r.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        Outcome {
+            restored: o.restored_sequence,
+            lost: o
+                .rows_lost
+                .as_ref()
+                .map(|l| l.iter().map(|t| (t.table.clone(), t.rows)).collect()),
+            refused,
+            counts: o
+                .rows_lost
+                .as_ref()
+                .map(|l| l.iter().map(|t| (t.live, t.backup)).collect()),
+            structured: true,
+        }
+    }
+}
+
+/// What the console shows of `r`'s report: its structured outcome when the terminal sent
+/// one, else what [`parse_outcome`] reads from the message.
+pub fn outcome_of(r: &RestoreRequest) -> Outcome {
+    match &r.outcome {
+        Some(o) => Outcome::from(o),
+        None => r.result.as_deref().map(parse_outcome).unwrap_or_default(),
+    }
 }
 
 /// Reads the terminal's report message.
@@ -97,6 +139,19 @@ fn status_badge(status: &str) -> String {
     format!("<span class=\"badge status-{status}\">{status}</span>")
 }
 
+/// The `title` of the rows-lost cell: live and backup counts per table, when known.
+fn counts_title(lost: &[(String, u64)], counts: Option<&Vec<(u64, u64)>>) -> String {
+    let Some(counts) = counts.filter(|c| c.len() == lost.len() && !c.is_empty()) else {
+        return String::new();
+    };
+    let parts: Vec<String> = lost
+        .iter()
+        .zip(counts)
+        .map(|((t, _), (live, backup))| format!("{t}: live {live}, backup {backup}"))
+        .collect();
+    format!(" title=\"{}\"", esc(&parts.join("; ")))
+}
+
 fn lost_text(lost: &[(String, u64)]) -> String {
     if lost.is_empty() {
         return "none".into();
@@ -123,7 +178,7 @@ pub fn requests_table(reqs: &[RestoreRequest]) -> String {
     );
     for r in reqs {
         let status = display_status(r);
-        let o = r.result.as_deref().map(parse_outcome).unwrap_or_default();
+        let o = outcome_of(r);
         let what = if r.repair {
             format!("repair: newest backup that verifies, from #{}", r.sequence)
         } else {
@@ -134,9 +189,14 @@ pub fn requests_table(reqs: &[RestoreRequest]) -> String {
             ("done", None) if !r.repair => format!("#{}", r.sequence),
             _ => "<span class=\"muted\">–</span>".into(),
         };
-        let lost = match &o.lost {
-            Some(l) => lost_text(l),
-            None => "<span class=\"muted\">–</span>".into(),
+        let (lost, title) = match &o.lost {
+            Some(l) => (lost_text(l), counts_title(l, o.counts.as_ref())),
+            None => ("<span class=\"muted\">–</span>".into(), String::new()),
+        };
+        let source = if o.structured {
+            "structured"
+        } else {
+            "message"
         };
         let mut report = r.result.as_deref().map(esc).unwrap_or_default();
         if status == "failed" && report.is_empty() {
@@ -151,9 +211,9 @@ pub fn requests_table(reqs: &[RestoreRequest]) -> String {
         }
         let _ = write!(
             b,
-            "<tr data-request=\"{id}\" data-status=\"{status}\"><td>{id}</td><td>{what}</td>\
+            "<tr data-request=\"{id}\" data-status=\"{status}\" data-outcome=\"{source}\"><td>{id}</td><td>{what}</td>\
              <td>{} <span class=\"muted\">by {}</span></td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{restored}</td><td class=\"rows-lost\">{lost}</td><td class=\"wrap\">{report}</td></tr>",
+             <td>{}</td><td>{restored}</td><td class=\"rows-lost\"{title}>{lost}</td><td class=\"wrap\">{report}</td></tr>",
             time(r.requested_at),
             esc(&r.requested_by),
             esc(&r.reason),
@@ -473,6 +533,7 @@ mod tests {
             result: result.map(str::to_owned),
             finished_at: result.map(|_| 200),
             delivered_at: delivered,
+            outcome: None,
         }
     }
 
@@ -528,5 +589,49 @@ mod tests {
         );
         assert!(t.contains("&lt;b&gt;spill") && !t.contains("<b>"), "{t}");
         assert!(requests_table(&[]).contains("No restore request"));
+    }
+
+    #[test]
+    fn a_structured_outcome_wins_over_the_message_and_is_escaped() {
+        let mut r = req(
+            "done",
+            Some(150),
+            Some("repair: restored backup #9; rows newer than the backup would be lost: sales: 99 rows (live 99, backup 0)"),
+        );
+        r.outcome = Some(
+            serde_json::from_value(serde_json::json!({
+                "restored_sequence": 3,
+                "rows_lost": [
+                    {"table": "items", "rows": 2, "live": 9, "backup": 7},
+                    {"table": "<i>x\"", "rows": 1, "live": 1, "backup": 0}
+                ],
+                "refused": [{"sequence": 4, "reason": "pack <1f> missing"}]
+            }))
+            .unwrap(),
+        );
+        let t = requests_table(std::slice::from_ref(&r));
+        assert!(t.contains("data-outcome=\"structured\""), "{t}");
+        assert!(t.contains("<td>#3</td>") && !t.contains("#9</td>"), "{t}");
+        assert!(
+            t.contains(
+                "<td class=\"rows-lost\" title=\"items: live 9, backup 7; &lt;i&gt;x&quot;: \
+                 live 1, backup 0\">3 (items 2, &lt;i&gt;x&quot; 1)</td>"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("refused backups: #4 (pack &lt;1f&gt; missing)"),
+            "{t}"
+        );
+        assert!(!t.contains("<i>") && !t.contains("<1f>"), "{t}");
+        // An older agent's report: read from the message.
+        r.outcome = None;
+        let t = requests_table(&[r]);
+        assert!(t.contains("data-outcome=\"message\""), "{t}");
+        assert!(t.contains("<td>#9</td>"), "{t}");
+        assert!(
+            t.contains("<td class=\"rows-lost\">99 (sales 99)</td>"),
+            "{t}"
+        );
     }
 }

@@ -322,6 +322,17 @@ CREATE TABLE root_rotations (
             "backup transfers: another device's backup re-encrypted for a device, ciphertext only",
         sql: crate::backups::transfers::SCHEMA,
     },
+    Migration {
+        version: 15,
+        name: "restore requests keep the terminal's structured outcome (JSON)",
+        sql: "ALTER TABLE restore_requests ADD COLUMN outcome TEXT \
+              CHECK (outcome IS NULL OR json_valid(outcome));",
+    },
+    Migration {
+        version: 16,
+        name: "backup transfers have a state: importing, ready (the device sees it), deleting",
+        sql: crate::backups::transfers::STATE_SCHEMA,
+    },
 ];
 
 /// Brings the schema up to date.

@@ -287,6 +287,11 @@ pub const API_ROUTES: &[(&str, &str, Access)] = {
             "/api/v1/devices/{id}/transfers",
             Access::Roles(transfers_api::TransferBackups::ROLES),
         ),
+        (
+            "DELETE",
+            "/api/v1/devices/{id}/transfers/{transfer}",
+            Access::Roles(transfers_api::TransferBackups::ROLES),
+        ),
         ("GET", "/api/v1/device/transfers", Access::DeviceSignature),
         (
             "GET",
@@ -376,6 +381,11 @@ pub fn configure_with_manifest_cap(cfg: &mut web::ServiceConfig, max_manifest_by
         web::resource("/api/v1/devices/{id}/transfers")
             .route(web::post().to(transfers_api::import))
             .route(web::get().to(transfers_api::list))
+            .default_service(web::to(error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/v1/devices/{id}/transfers/{transfer}")
+            .route(web::delete().to(transfers_api::delete))
             .default_service(web::to(error::method_not_allowed)),
     )
     .service(

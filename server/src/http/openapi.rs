@@ -289,9 +289,20 @@ fn described(method: &str, path: &str) -> Described {
         ("GET", "/api/v1/backups/{device}/restore-requests") => d("The device's restore requests, newest first", None, 200, None),
         ("GET", "/api/v1/device/restore-requests") => d("This device's pending restore requests", None, 200, None),
         ("POST", "/api/v1/device/restore-requests/{id}") => d(
-            "Report the outcome of a pending restore request (audited)",
-            obj(json!({"type": "object", "required": ["ok", "message"], "properties": {
-                "ok": {"type": "boolean"}, "message": {"type": "string"}}})), 200, None),
+            "Report the outcome of a pending restore request (audited): a message for people and, optionally, the same as facts (`outcome`; 400 `invalid_outcome` when it is malformed, over its bounds or does not fit the request, and nothing is stored)",
+            obj(json!({"type": "object", "required": ["ok", "message"], "additionalProperties": false, "properties": {
+                "ok": {"type": "boolean"}, "message": {"type": "string"},
+                "outcome": {"type": "object", "additionalProperties": false, "properties": {
+                    "restored_sequence": {"type": "integer", "minimum": 1},
+                    "rows_lost": {"type": "array", "maxItems": 200, "items": {"type": "object",
+                        "required": ["table", "rows", "live", "backup"], "additionalProperties": false, "properties": {
+                        "table": {"type": "string", "minLength": 1, "maxLength": 256},
+                        "rows": {"type": "integer", "minimum": 1}, "live": {"type": "integer", "minimum": 1},
+                        "backup": {"type": "integer", "minimum": 0}}}},
+                    "refused": {"type": "array", "maxItems": 50, "items": {"type": "object",
+                        "required": ["sequence", "reason"], "additionalProperties": false, "properties": {
+                        "sequence": {"type": "integer", "minimum": 1},
+                        "reason": {"type": "string", "minLength": 1, "maxLength": 300}}}}}}}})), 200, None),
         ("POST", "/api/v1/backup-maintenance/prune") => d(
             "Apply backup retention, then garbage-collect unreferenced packs (audited); query `device`, `dry_run`",
             None, 200, None),
@@ -305,8 +316,12 @@ fn described(method: &str, path: &str) -> Described {
             "Import a transfer for the device: a tar of the directory `otter-keys backup reencrypt` wrote, checked without a key, stored (ciphertext only) and audited",
             Some(("application/x-tar", json!({"type": "string"}))), 201,
             obj(json!({"type": "object", "properties": {"transfer": {"type": "object"}}}))),
-        ("GET", "/api/v1/devices/{id}/transfers") => d("The device's imported transfers, newest first", None, 200,
+        ("GET", "/api/v1/devices/{id}/transfers") => d("The device's imported transfers, newest first, also those being imported or deleted (`state`: importing, ready, deleting)", None, 200,
             obj(json!({"type": "object", "properties": {"transfers": {"type": "array", "items": {"type": "object"}}}}))),
+        ("DELETE", "/api/v1/devices/{id}/transfers/{transfer}") => d(
+            "Delete a transfer: hidden from the device at once (audited), then its objects and its row are removed; 404 when unknown, 503 when the store fails part-way (repeat the request to finish)",
+            None, 200,
+            obj(json!({"type": "object", "properties": {"deleted": {"type": "object"}}}))),
         ("GET", "/api/v1/device/transfers") => d("This device's transfers, newest first", None, 200,
             obj(json!({"type": "object", "properties": {"transfers": {"type": "array", "items": {"type": "object"}}}}))),
         ("GET", "/api/v1/device/transfers/{id}") => d(

@@ -13,7 +13,8 @@ use super::device_auth::SignedDevice;
 use super::error::ApiError;
 use super::AppState;
 use crate::audit::Actor;
-use crate::backups::requests::{self, RequestError, Which};
+use crate::backups::requests::{self, RequestError, RestoreRequest, Which};
+use crate::backups::restore_outcome::{self, OutcomeError, RestoreOutcome};
 use crate::console::RequestRestore;
 use crate::db::unix_now;
 
@@ -147,12 +148,24 @@ pub async fn pending(
 pub struct Outcome {
     /// Whether the restore succeeded.
     pub ok: bool,
-    /// What happened.
+    /// What happened, for people.
     pub message: String,
+    /// The same, structured (agents since migration 15; older ones send only the message).
+    #[serde(default)]
+    pub outcome: Option<RestoreOutcome>,
+}
+
+/// What [`finish`] found: the request finished, no such pending request, or an outcome that
+/// does not fit the request.
+enum Finished {
+    Done(Box<RestoreRequest>),
+    NotFound,
+    Misfit(OutcomeError),
 }
 
 /// `POST /api/v1/device/restore-requests/{id}` (signed by the device): the outcome of one
-/// of its pending requests, stored and audited.
+/// of its pending requests, stored and audited. A structured `outcome` is checked (sizes,
+/// counts, and that it fits the request) before anything is stored: 400 when it does not.
 pub async fn finish(
     device: SignedDevice,
     state: web::Data<AppState>,
@@ -165,20 +178,50 @@ pub async fn finish(
     let o: Outcome = serde_json::from_slice(&device.body).map_err(|e| {
         ApiError::bad_request(
             "invalid_outcome",
-            format!("give {{\"ok\": BOOL, \"message\": TEXT}}: {e}"),
+            format!(
+                "give {{\"ok\": BOOL, \"message\": TEXT, \"outcome\": {{\"restored_sequence\": N, \
+                 \"rows_lost\": [{{\"table\", \"rows\", \"live\", \"backup\"}}], \
+                 \"refused\": [{{\"sequence\", \"reason\"}}]}} (optional)}}: {e}"
+            ),
         )
     })?;
+    let invalid = |e: OutcomeError| ApiError::bad_request("invalid_outcome", e.to_string());
+    if let Some(out) = &o.outcome {
+        out.check_bounds().map_err(invalid)?;
+    }
     let dev = device.device_id.clone();
     let done = state
         .db
-        .call(move |c| Ok(requests::finish(c, &dev, id, o.ok, &o.message, unix_now())))
+        .call(move |c| {
+            if let Some(out) = &o.outcome {
+                if let Some((sequence, repair)) = restore_outcome::pending_request(c, &dev, id)? {
+                    if let Err(e) = out.check_against(sequence, repair, o.ok) {
+                        return Ok(Ok(Finished::Misfit(e)));
+                    }
+                }
+            }
+            Ok(requests::finish_with_outcome(
+                c,
+                &dev,
+                id,
+                o.ok,
+                &o.message,
+                o.outcome.as_ref(),
+                unix_now(),
+            )
+            .map(|r| r.map_or(Finished::NotFound, |r| Finished::Done(Box::new(r)))))
+        })
         .await
         .map_err(db_err)?
         .map_err(req_err)?;
-    let Some(req) = done else {
-        return Err(ApiError::not_found(format!(
-            "no pending restore request {id} for this device"
-        )));
+    let req = match done {
+        Finished::Done(req) => req,
+        Finished::Misfit(e) => return Err(invalid(e)),
+        Finished::NotFound => {
+            return Err(ApiError::not_found(format!(
+                "no pending restore request {id} for this device"
+            )))
+        }
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -1,8 +1,10 @@
 //! Backup transfer routes: `GET /api/v1/devices/{id}/backups/export` (admin, restorer) streams
 //! a device's stored backup, ciphertext only, as a tar; `POST|GET
 //! /api/v1/devices/{id}/transfers` (admin, restorer) import a transfer written by `otter-keys
-//! backup reencrypt` for a device, and list them; `GET /api/v1/device/transfers[/{id}]`
-//! (signed by the device) list its transfers and stream one as a tar. All audited.
+//! backup reencrypt` for a device, and list them; `DELETE
+//! /api/v1/devices/{id}/transfers/{transfer}` (admin, restorer) removes one; `GET
+//! /api/v1/device/transfers[/{id}]` (signed by the device) list its ready transfers and
+//! stream one as a tar. All audited.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::web::{self, Bytes};
@@ -16,7 +18,7 @@ use super::device_auth::SignedDevice;
 use super::error::ApiError;
 use super::AppState;
 use crate::audit::Actor;
-use crate::backups::transfers::{self, TransferError, TransferRecord};
+use crate::backups::transfers::{self, TransferError, TransferRecord, TransferState};
 use crate::db::unix_now;
 use crate::tokens::TokenRole;
 
@@ -38,8 +40,39 @@ fn transfer_err(e: TransferError) -> ApiError {
             "invalid_transfer",
             e.to_string(),
         ),
+        TransferError::Withdrawn(_) => {
+            ApiError::new(StatusCode::CONFLICT, "transfer_deleted", e.to_string())
+        }
+        TransferError::Remove {
+            ref transfer,
+            failed,
+            ..
+        } => {
+            // The store's words (paths, keys) go to the log only.
+            tracing::error!(error = %e, "removing a backup transfer's objects failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!(
+                    "removing {failed} object(s) of backup transfer {transfer} from the object \
+                     store failed (the server log says why); the device no longer sees it: \
+                     repeat the DELETE once the store works"
+                ),
+            )
+        }
         other => ApiError::internal("the backup transfer catalog", &other),
     }
+}
+
+/// Checks a transfer id (32 hex digits, as the server makes them).
+fn transfer_id(id: &str) -> Result<(), ApiError> {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "invalid_transfer_id",
+        "give a transfer id (32 hex digits, see GET /api/v1/devices/{id}/transfers)",
+    ))
 }
 
 fn too_large(limit: u64) -> ApiError {
@@ -283,16 +316,8 @@ pub async fn import(
     let mut raw = [0u8; 16];
     crate::tokens::random_bytes(&mut raw)
         .map_err(|e| ApiError::internal("making a transfer id", &e))?;
-    let id = hex::encode(raw);
-    for (p, _) in &unpacked.files {
-        state
-            .store
-            .put_file(&transfers::object_key(&device, &id, p), &unpacked.file(p))
-            .await
-            .map_err(|e| ApiError::unavailable("the object store", &e))?;
-    }
     let record = TransferRecord {
-        id,
+        id: hex::encode(raw),
         device_id: device.clone(),
         source_device_id: source,
         source_public_key: unpacked.description.device_public_key.to_ascii_lowercase(),
@@ -302,30 +327,188 @@ pub async fn import(
         created_by: Actor::token(auth.caller.id).id,
         created_at: unix_now(),
         fetched_at: None,
+        state: TransferState::Importing,
         files: unpacked.files.clone(),
     };
-    drop(unpacked);
-    let actor = Actor::token(auth.caller.id);
-    let r = record.clone();
-    state
-        .db
-        .call(move |c| Ok(transfers::insert(c, &actor, &r)))
+    // In a task of its own: a client that disconnects does not cut the storing and
+    // cataloguing (or the clean-up of a failure) off half-way.
+    let (st, r, actor) = (state.clone(), record.clone(), Actor::token(auth.caller.id));
+    actix_web::rt::spawn(async move { store_transfer(&st, unpacked, &r, actor).await })
         .await
-        .map_err(db_err)?
-        .map_err(transfer_err)?;
+        .map_err(|e| ApiError::internal("importing a backup transfer", &e))??;
     tracing::info!(
         device,
         transfer = record.id,
         source = record.source_device_id,
         "backup transfer imported"
     );
+    let record = TransferRecord {
+        state: TransferState::Ready,
+        ..record
+    };
     Ok(HttpResponse::Created()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({ "transfer": record })))
 }
 
+/// Catalogues `t` as importing, writes its files to the store, then makes it ready and
+/// audits the import. On any failure, removes what it wrote ([`abandon_import`]).
+async fn store_transfer(
+    state: &AppState,
+    unpacked: transfers::Unpacked,
+    t: &TransferRecord,
+    actor: Actor,
+) -> Result<(), ApiError> {
+    let r = t.clone();
+    state
+        .db
+        .call(move |c| Ok(transfers::insert_importing(c, &r)))
+        .await
+        .map_err(db_err)?
+        .map_err(transfer_err)?;
+    for (p, _) in &unpacked.files {
+        let key = transfers::object_key(&t.device_id, &t.id, p);
+        if let Err(e) = state.store.put_file(&key, &unpacked.file(p)).await {
+            drop(unpacked);
+            abandon_import(state, t, &e).await;
+            return Err(ApiError::unavailable("the object store", &e));
+        }
+    }
+    drop(unpacked);
+    let r = t.clone();
+    let ready = state
+        .db
+        .call(move |c| Ok(transfers::mark_ready(c, &actor, &r, unix_now())))
+        .await;
+    let err = match ready {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => {
+            abandon_import(state, t, &e).await;
+            transfer_err(e)
+        }
+        Err(e) => {
+            abandon_import(state, t, &e).await;
+            db_err(e)
+        }
+    };
+    Err(err)
+}
+
+/// Best effort after a failed import: removes the objects it wrote, then its row. When
+/// objects remain, the row stays, marked `deleting` (hidden from the device), so that
+/// `DELETE /api/v1/devices/{id}/transfers/{transfer}` can finish the job; all logged.
+async fn abandon_import(state: &AppState, t: &TransferRecord, why: &dyn std::fmt::Display) {
+    tracing::warn!(
+        device = t.device_id,
+        transfer = t.id,
+        error = %why,
+        "backup transfer import failed; removing what it stored"
+    );
+    let id = t.id.clone();
+    match transfers::remove_objects(&state.store, &t.device_id, &t.id, &t.files).await {
+        Ok(()) => match state.db.call(move |c| Ok(transfers::forget(c, &id))).await {
+            Ok(Ok(_)) => tracing::info!(
+                device = t.device_id,
+                transfer = t.id,
+                "the failed backup transfer import left nothing behind"
+            ),
+            Ok(Err(e)) => forget_failed(t, &e),
+            Err(e) => forget_failed(t, &e),
+        },
+        Err(e) => {
+            tracing::error!(
+                device = t.device_id,
+                transfer = t.id,
+                error = %e,
+                "objects of a failed backup transfer import remain; delete the transfer \
+                 (otter-server backups delete-transfer) once the object store works"
+            );
+            let marked = state.db.call(move |c| Ok(transfers::abandon(c, &id))).await;
+            if !matches!(marked, Ok(Ok(()))) {
+                tracing::error!(
+                    device = t.device_id,
+                    transfer = t.id,
+                    "marking the failed backup transfer import deleting failed too; it stays \
+                     listed as importing, hidden from the device"
+                );
+            }
+        }
+    }
+}
+
+fn forget_failed(t: &TransferRecord, e: &dyn std::fmt::Display) {
+    tracing::error!(
+        device = t.device_id,
+        transfer = t.id,
+        error = %e,
+        "removing the catalog row of a failed backup transfer import failed; its objects are \
+         gone, the row stays hidden from the device: delete the transfer"
+    );
+}
+
+/// `DELETE /api/v1/devices/{id}/transfers/{transfer}` (admin, restorer): marks the transfer
+/// deleting (the device no longer sees it) and audits `backup.transfer_delete`, removes its
+/// objects from the store, then its row; 200 with `{deleted}`, 404 `transfer_not_found` for
+/// an unknown one. When the store fails part-way (503) the transfer stays listed as
+/// `deleting` and the same request finishes the job.
+pub async fn delete(
+    auth: Auth<TransferBackups>,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (device, id) = path.into_inner();
+    let device = device_path(device)?;
+    transfer_id(&id)?;
+    let actor = Actor::token(auth.caller.id);
+    let (d, i) = (device.clone(), id.clone());
+    let found = state
+        .db
+        .call(move |c| Ok(transfers::begin_delete(c, &actor, &d, &i, unix_now())))
+        .await
+        .map_err(db_err)?
+        .map_err(transfer_err)?;
+    let Some(t) = found else {
+        return Err(transfer_not_found(format!(
+            "device {device} has no backup transfer {id}"
+        )));
+    };
+    // In a task of its own, like the import: a disconnect does not cut it off.
+    let (st, r) = (state.clone(), t.clone());
+    actix_web::rt::spawn(async move {
+        transfers::remove_objects(&st.store, &r.device_id, &r.id, &r.files)
+            .await
+            .map_err(transfer_err)?;
+        let id = r.id.clone();
+        st.db
+            .call(move |c| Ok(transfers::forget(c, &id)))
+            .await
+            .map_err(db_err)?
+            .map_err(transfer_err)
+    })
+    .await
+    .map_err(|e| ApiError::internal("deleting a backup transfer", &e))??;
+    tracing::info!(
+        device,
+        transfer = t.id,
+        by = auth.caller.id,
+        "backup transfer deleted"
+    );
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "deleted": {
+            "id": t.id,
+            "device_id": t.device_id,
+            "source_device_id": t.source_device_id,
+            "manifests": t.manifests,
+            "packs": t.packs,
+            "bytes": t.bytes,
+            "created_at": t.created_at,
+            "fetched_at": t.fetched_at,
+        }})))
+}
+
 /// `GET /api/v1/devices/{id}/transfers` (admin, restorer): the device's transfers, newest
-/// first.
+/// first, also those being imported or deleted (`state`).
 pub async fn list(
     auth: Auth<TransferBackups>,
     state: web::Data<AppState>,
@@ -333,23 +516,34 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let _ = auth;
     let device = device_path(path.into_inner())?;
-    list_of(&state, device).await
+    list_of(&state, device, false).await
 }
 
-/// `GET /api/v1/device/transfers` (signed by the device): its transfers, newest first.
+/// `GET /api/v1/device/transfers` (signed by the device): its ready transfers, newest first.
 pub async fn own_list(
     device: SignedDevice,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = device.device_id.clone();
-    list_of(&state, id).await
+    list_of(&state, id, true).await
 }
 
-/// The transfers stored for `device`, newest first, as the JSON answer.
-async fn list_of(state: &AppState, device: String) -> Result<HttpResponse, ApiError> {
+/// The transfers stored for `device` (only ready ones with `ready_only`), newest first, as
+/// the JSON answer.
+async fn list_of(
+    state: &AppState,
+    device: String,
+    ready_only: bool,
+) -> Result<HttpResponse, ApiError> {
     let found = state
         .db
-        .call(move |c| Ok(transfers::list(c, &device)))
+        .call(move |c| {
+            Ok(if ready_only {
+                transfers::list(c, &device)
+            } else {
+                transfers::list_all(c, &device)
+            })
+        })
         .await
         .map_err(db_err)?
         .map_err(transfer_err)?;
@@ -389,10 +583,8 @@ pub async fn own_fetch(
         .map_err(db_err)?
         .map_err(transfer_err)?;
     let Some(t) = found else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "transfer_not_found",
-            "no such backup transfer for this device",
+        return Err(transfer_not_found(
+            "no such backup transfer for this device".into(),
         ));
     };
     tracing::info!(
@@ -406,4 +598,9 @@ pub async fn own_fetch(
         .map(|(p, n)| (p.clone(), transfers::object_key(&t.device_id, &t.id, p), *n))
         .collect();
     Ok(tar_response(&state, files))
+}
+
+/// `404 transfer_not_found`.
+fn transfer_not_found(message: String) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "transfer_not_found", message)
 }

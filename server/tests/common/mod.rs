@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
+pub mod cli;
 pub mod fleet;
 
 use otter_keys::metadata::{check_expected_version, Metadata, Root, Snapshot, Targets, Timestamp};
@@ -202,6 +203,28 @@ pub async fn fetch_and_verify(c: &reqwest::Client, srv: &Running) -> Chain {
         targets,
         root_bytes,
     }
+}
+
+/// Every audit entry (`GET /api/v1/audit` as `admin`).
+pub async fn audit_entries(
+    c: &reqwest::Client,
+    srv: &Running,
+    admin: &str,
+) -> Vec<serde_json::Value> {
+    let (s, v) = api(c, "GET", &srv.url("/api/v1/audit"), Some(admin), None).await;
+    assert_eq!(s, 200, "{v}");
+    v["entries"].as_array().unwrap().clone()
+}
+
+/// Asserts that the whole audit chain verifies (`GET verify_url`, the server's
+/// `/api/v1/audit/verify`, as `admin`).
+pub async fn assert_audit_verifies(c: &reqwest::Client, verify_url: &str, admin: &str) {
+    let (s, v) = api(c, "GET", verify_url, Some(admin), None).await;
+    assert_eq!((s, &v["broken"]), (200, &serde_json::Value::Null), "{v}");
+    assert_eq!(
+        v["verified"], v["head"]["seq"],
+        "the whole chain verifies: {v}"
+    );
 }
 
 /// Sends a request with an optional bearer token; returns the status and the JSON body

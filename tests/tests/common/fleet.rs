@@ -93,12 +93,14 @@ pub struct FleetBuilder {
     tmp: Option<tempfile::TempDir>,
     server_toml: String,
     recovery: bool,
+    backups_toml: String,
     env: Vec<(String, String)>,
 }
 
 impl FleetBuilder {
     /// Adds `toml` to the server's config file. It comes after the `[backups]` table that
-    /// [`FleetBuilder::recovery_key`] writes, so it must not open `[backups]` again
+    /// [`FleetBuilder::recovery_key`] and [`FleetBuilder::backups_toml`] write, so it must
+    /// not open `[backups]` again
     /// (sub-tables such as `[backups.retention]` are fine).
     pub fn server_toml(mut self, toml: &str) -> Self {
         self.server_toml.push_str(toml);
@@ -109,6 +111,13 @@ impl FleetBuilder {
     /// public half is the server's `[backups] recovery_recipient`.
     pub fn recovery_key(mut self) -> Self {
         self.recovery = true;
+        self
+    }
+
+    /// Adds `toml` (keys, e.g. `write_only_groups = ["lab"]`) to the server's `[backups]`
+    /// table, after the `recovery_recipient` of [`FleetBuilder::recovery_key`].
+    pub fn backups_toml(mut self, toml: &str) -> Self {
+        self.backups_toml.push_str(toml);
         self
     }
 
@@ -134,12 +143,13 @@ impl FleetBuilder {
         };
         let recovery = self.recovery.then(Identity::generate);
         let mut toml = String::new();
-        if let Some(r) = &recovery {
-            toml.push_str(&format!(
-                "[backups]\nrecovery_recipient = \"{}\"\n",
-                r.to_public()
-            ));
+        if recovery.is_some() || !self.backups_toml.is_empty() {
+            toml.push_str("[backups]\n");
         }
+        if let Some(r) = &recovery {
+            toml.push_str(&format!("recovery_recipient = \"{}\"\n", r.to_public()));
+        }
+        toml.push_str(&self.backups_toml);
         toml.push_str(&self.server_toml);
         let data = tmp.path().join("server-data");
         let config = tmp.path().join("server.toml");
@@ -262,7 +272,16 @@ impl Fleet {
     /// server's first root pinned) with `otter-agent enroll`, which must succeed, and writes
     /// its agent config with [`AGENT_SECTIONS`].
     pub fn enroll(&self, name: &str) -> Terminal {
-        let enroll_token = self.admin(&["enroll-token", "create", "--expires-in", "1h"]);
+        self.enroll_in(name, None)
+    }
+
+    /// [`Fleet::enroll`] with an enrollment token of `group` (none: no group).
+    pub fn enroll_in(&self, name: &str, group: Option<&str>) -> Terminal {
+        let mut token_args = vec!["enroll-token", "create", "--expires-in", "1h"];
+        if let Some(g) = group {
+            token_args.extend(["--group", g]);
+        }
+        let enroll_token = self.admin(&token_args);
         let root_file = self.tmp.path().join("image-root.json");
         std::fs::copy(
             self.data.join("store/repo/metadata/1.root.json"),
@@ -408,4 +427,30 @@ impl Terminal {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// The value of the `name` cookie a response sets.
+pub fn cookie(r: &reqwest::blocking::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap_or("").to_string())
+}
+
+/// Signs in to the console with `token`; returns the session cookie.
+pub fn console_session(c: &reqwest::blocking::Client, url: &str, token: &str) -> String {
+    let r = c.get(format!("{url}/console/login")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let nonce = cookie(&r, "otter_login").expect("a sign-in nonce cookie");
+    let r = c
+        .post(format!("{url}/console/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", format!("otter_login={nonce}"))
+        .body(format!("token={token}&login_csrf={nonce}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303, "sign-in redirects");
+    cookie(&r, "otter_session").expect("a session cookie")
 }
