@@ -191,6 +191,12 @@ impl Server {
         );
         // Webhook deliveries that were pending when the server last stopped are sent again.
         alerts.resume_pending(&state.db).await;
+        // Backup transfers an earlier run was importing or deleting when it stopped are
+        // removed, in the background (they are hidden from devices meanwhile).
+        let sweep = state.clone();
+        actix_web::rt::spawn(async move {
+            backups::transfers::sweep_unfinished(&sweep.db, &sweep.store).await;
+        });
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

@@ -520,3 +520,68 @@ fn an_import_the_store_fails_half_way_leaves_no_objects_and_no_row() {
         srv.stop().await;
     });
 }
+
+#[test]
+fn transfers_a_stopped_server_left_importing_or_deleting_are_removed_at_the_next_start() {
+    run(async {
+        let Site {
+            dir,
+            transfers_dir,
+            srv,
+            admin,
+            c,
+            dead,
+            new,
+        } = site().await;
+        let mut ids = Vec::new();
+        for packs in [1, 2, 3] {
+            let (s, v) = import(&c, &srv, &admin, &new.id, transfer_tar(&dead, 1, packs)).await;
+            assert_eq!(s, 201, "{v}");
+            ids.push(v["transfer"]["id"].as_str().unwrap().to_owned());
+        }
+        srv.stop().await;
+        // What a server killed in the middle leaves: a row still `importing` (with some of
+        // its objects) and one `deleting`; the third transfer is whole and `ready`.
+        let db = dir.path().join("otter.db");
+        {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            for (id, state) in [(&ids[0], "importing"), (&ids[1], "deleting")] {
+                conn.execute(
+                    "UPDATE backup_transfers SET state = ?2 WHERE transfer_id = ?1",
+                    [id.as_str(), state],
+                )
+                .unwrap();
+            }
+        }
+        let device_dir = transfers_dir.join(&new.id);
+        std::fs::remove_file(files_under(&device_dir.join(&ids[0]))[0].clone()).unwrap();
+
+        let (srv, _) = start(config(dir.path())).await;
+        // Hidden from the device at once, gone from the store and the catalog soon after.
+        assert_eq!(device_list(&c, &srv, &new).await, [ids[2].as_str()]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while catalog_rows(&db) != 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            catalog_rows(&db),
+            1,
+            "{:?}",
+            admin_list(&c, &srv, &admin, &new.id).await
+        );
+        assert!(
+            !device_dir.join(&ids[0]).exists(),
+            "{:?}",
+            tree(&device_dir)
+        );
+        assert!(
+            !device_dir.join(&ids[1]).exists(),
+            "{:?}",
+            tree(&device_dir)
+        );
+        assert_eq!(files_under(&device_dir.join(&ids[2])).len(), 6);
+        let (s, _) = device_fetch(&c, &srv, &new, &ids[2]).await;
+        assert_eq!(s, 200);
+        srv.stop().await;
+    });
+}

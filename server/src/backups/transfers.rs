@@ -676,6 +676,61 @@ fn list_where(
     rows.map(|r| finish(r?)).collect()
 }
 
+/// Transfers left `importing` or `deleting` by a server that stopped in the middle of an
+/// import or a delete (when the server starts, none can be in flight), oldest first.
+pub fn unfinished(conn: &Connection) -> Result<Vec<TransferRecord>, TransferError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM backup_transfers WHERE state <> 'ready'
+         ORDER BY created_at, rowid"
+    ))?;
+    let rows = stmt.query_map([], row)?;
+    rows.map(|r| finish(r?)).collect()
+}
+
+/// Finishes what a stopped server left half-done (see [`unfinished`]): removes each such
+/// transfer's objects, then its row; logged. A failure leaves it for the next start or a
+/// `DELETE`, marked `deleting` (hidden from devices either way).
+pub async fn sweep_unfinished(db: &crate::db::Db, store: &crate::store::Store) {
+    let found = match db.call(|c| Ok(unfinished(c))).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot list unfinished backup transfers");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list unfinished backup transfers");
+            return;
+        }
+    };
+    for t in found {
+        tracing::warn!(
+            device = t.device_id,
+            transfer = t.id,
+            state = t.state.as_str(),
+            "a backup transfer import or delete was cut off when the server stopped; removing it"
+        );
+        if let Err(e) = remove_objects(store, &t.device_id, &t.id, &t.files).await {
+            tracing::error!(device = t.device_id, transfer = t.id, error = %e,
+                "the cut-off backup transfer keeps objects; delete it once the store works");
+            let id = t.id.clone();
+            let _ = db.call(move |c| Ok(abandon(c, &id))).await;
+            continue;
+        }
+        let id = t.id.clone();
+        match db.call(move |c| Ok(forget(c, &id))).await {
+            Ok(Ok(_)) => tracing::info!(
+                device = t.device_id,
+                transfer = t.id,
+                "the cut-off backup transfer is gone"
+            ),
+            Ok(Err(e)) => tracing::error!(device = t.device_id, transfer = t.id, error = %e,
+                "removing the row of a cut-off backup transfer failed"),
+            Err(e) => tracing::error!(device = t.device_id, transfer = t.id, error = %e,
+                "removing the row of a cut-off backup transfer failed"),
+        }
+    }
+}
+
 /// One of a device's `ready` transfers; `"latest"` is the newest.
 pub fn get(
     conn: &Connection,
