@@ -5,7 +5,8 @@
 #   4 deltas (vs bsdiff, xdelta3)            5 backups (vs restic)
 #   6 SIGKILL power-loss trials of apply and restore
 # Writes raw results to bench/results/<stamp>-<mode>/ (raw.jsonl, machine.json, logs) and
-# regenerates BENCHMARKS.md and bench/results/backup-bytes.svg with bench/report.py.
+# regenerates BENCHMARKS.md and bench/results/backup-bytes.svg with bench/report.py. Ends by
+# printing one line per target, met or MISSED, for this run alone (its report.md).
 #
 # Usage: bench/run.sh [--quick] [--only N[,N...]] [--no-report]
 #   --quick     smaller sizes, fewer runs, power-loss trials on the dev build (a few minutes
@@ -605,3 +606,21 @@ if [ "$REPORT" = 1 ]; then
 else
     log "done in $((T_END - T_START)) s; raw results in $OUT (BENCHMARKS.md left as it is)"
 fi
+# This run's verdicts, one line per target (from a report of this run alone, $OUT/report.md).
+one=$(mktemp -d /tmp/otter-bench-report.XXXXXX)
+ln -s "$OUT" "$one/$(basename "$OUT")"
+if python3 bench/report.py "$one" "$OUT/report.md" >/dev/null 2>&1; then
+    python3 - "$OUT/report.md" <<'PY'
+import sys
+section = ""
+for line in open(sys.argv[1]):
+    if line.startswith("## "):
+        section = line[3:].split(":")[0].strip()
+    if line.startswith("|") and ("**yes**" in line or "**no**" in line):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        verdict = "met" if "**yes**" in line else "MISSED"
+        shown = [c for c in cells if c and "**" not in c][:5]
+        print(f"[bench] {verdict:6} {section}: " + " | ".join(shown))
+PY
+fi
+rm -rf "$one"
