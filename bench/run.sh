@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --only) ONLY="$2"; shift ;;
         --no-report) REPORT=0 ;;
-        -h|--help) sed -n '2,19p' "$BENCH_ROOT/bench/run.sh"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$BENCH_ROOT/bench/run.sh"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
