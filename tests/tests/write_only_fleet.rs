@@ -172,6 +172,25 @@ fn a_write_only_terminal_backs_up_and_only_the_recovery_key_restores_it() {
         !has_age_identity(&state),
         "an age identity in the state dir"
     );
+    // The server keeps no recipient for it (nobody can re-encrypt to a key that is gone);
+    // the other terminal's is listed.
+    let devices: Value =
+        serde_json::from_str(&fleet.admin(&["devices", "list", "--json"])).unwrap();
+    let recipient_of = |group: &str| {
+        devices
+            .as_array()
+            .or_else(|| devices["devices"].as_array())
+            .unwrap()
+            .iter()
+            .find(|d| d["group"] == group)
+            .map(|d| d["backup_recipient"].clone())
+            .unwrap()
+    };
+    assert_eq!(recipient_of("lab"), Value::Null, "{devices}");
+    assert!(
+        recipient_of("shop").as_str().unwrap().starts_with("age1"),
+        "{devices}"
+    );
 
     let db = fleet.tmp.path().join("lab/pos.db");
     pos(&["make", db.to_str().unwrap(), "3000"]);

@@ -618,7 +618,10 @@ pub async fn device(
             .and_then(|r| r.agent_version.as_deref())
             .map_or_else(|| "<span class=\"muted\">unknown</span>".into(), esc),
         esc(&d.public_key),
-        esc(&d.backup_recipient),
+        d.backup_recipient.as_deref().map_or_else(
+            || "<span class=\"muted\">none: write-only backups</span>".into(),
+            esc
+        ),
     );
     if let Some(t) = d.revoked_at {
         let _ = write!(b, "<dt>Revoked</dt><dd>{}</dd>", time(t));

@@ -113,8 +113,8 @@ pub struct DeviceInfo {
     pub group: Option<String>,
     /// Its ed25519 identity key, hex.
     pub public_key: String,
-    /// Its age backup recipient.
-    pub backup_recipient: String,
+    /// Its age backup recipient; `None` for a write-only device (it keeps no backup key).
+    pub backup_recipient: Option<String>,
     /// Enrollment time, Unix seconds.
     pub enrolled_at: i64,
     /// Time of its last accepted signed request, Unix seconds.
@@ -154,7 +154,7 @@ fn info_row(r: &rusqlite::Row) -> rusqlite::Result<DeviceInfo> {
         hardware_model: r.get(1)?,
         group: r.get(2)?,
         public_key: r.get(3)?,
-        backup_recipient: r.get(4)?,
+        backup_recipient: Some(r.get::<_, String>(4)?).filter(|r| !r.is_empty()),
         enrolled_at: r.get(5)?,
         last_seen: r.get(6)?,
         revoked_at: r.get(7)?,

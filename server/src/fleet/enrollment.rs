@@ -286,6 +286,13 @@ pub fn enroll_with(
     random_bytes(&mut raw)?;
     let device_id = hex::encode(raw);
     let backups_write_only = write_only(group.as_deref());
+    // A write-only device discards its backup identity when it learns this from the answer:
+    // its recipient is not kept, so that nobody re-encrypts a backup to a key that is gone.
+    let recipient = if backups_write_only {
+        ""
+    } else {
+        req.backup_recipient.as_str()
+    };
     tx.execute(
         "INSERT INTO devices (device_id, public_key, backup_recipient, hardware_model,
                               device_group, enrollment_token, enrolled_at)
@@ -293,7 +300,7 @@ pub fn enroll_with(
         rusqlite::params![
             device_id,
             req.public_key,
-            req.backup_recipient,
+            recipient,
             req.hardware_model,
             group,
             token_id,

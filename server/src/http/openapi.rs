@@ -201,7 +201,7 @@ fn described(method: &str, path: &str) -> Described {
             "Enroll a device with an enrollment token",
             obj(json!({"type": "object", "required": ["token", "public_key", "backup_recipient", "hardware_model"],
                 "properties": {"token": {"type": "string"}, "public_key": {"type": "string", "description": "ed25519, 64 hex digits"},
-                    "backup_recipient": {"type": "string", "description": "age X25519 recipient"}, "hardware_model": {"type": "string"}}})),
+                    "backup_recipient": {"type": "string", "description": "age X25519 recipient (not kept for a device of a write-only group)"}, "hardware_model": {"type": "string"}}})),
             201,
             obj(json!({"type": "object", "properties": {"device_id": {"type": "string"}}})),
         ),
