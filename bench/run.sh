@@ -165,7 +165,9 @@ d = {
     "kernel": platform.release(), "os": cmd(". /etc/os-release && echo $PRETTY_NAME"),
     "sha_ni": " sha_ni" in flags, "load_at_start": os.getloadavg(),
     "bench_dir": bench_dir, "bench_fs": cmd(f"df --output=fstype {bench_dir} | tail -1"),
-    "git": cmd("git rev-parse --short HEAD") + (" + uncommitted changes" if cmd("git status --porcelain") else ""),
+    # The run's own output (bench/results/, BENCHMARKS.md) does not make the tree dirty.
+    "git": cmd("git rev-parse --short HEAD") + (" + uncommitted changes" if cmd(
+        "git status --porcelain -- . ':(exclude)bench/results' ':(exclude)BENCHMARKS.md'") else ""),
     "rustc": cmd("rustc --version"),
     "anchors": {
         "nginx": cmd("nginx -v 2>&1"), "wrk": cmd("wrk -v 2>&1 | head -1"),
