@@ -217,22 +217,14 @@ fn describe_loss(
     live: &Result<std::collections::BTreeMap<String, u64>>,
     backup: &std::collections::BTreeMap<String, u64>,
 ) -> Loss {
-    let rows = live.as_ref().ok().map(|live| rows_lost(live, backup));
-    Loss {
-        text: describe_loss_text(live, backup),
-        rows,
-    }
-}
-
-fn describe_loss_text(
-    live: &Result<std::collections::BTreeMap<String, u64>>,
-    backup: &std::collections::BTreeMap<String, u64>,
-) -> String {
-    match live {
-        Err(e) => format!("the live database's rows cannot be counted ({e:#}); nothing to compare"),
+    let (text, rows) = match live {
+        Err(e) => (
+            format!("the live database's rows cannot be counted ({e:#}); nothing to compare"),
+            None,
+        ),
         Ok(live) => {
             let lost = rows_lost(live, backup);
-            if lost.is_empty() {
+            let text = if lost.is_empty() {
                 "no table has more rows live than in the backup".into()
             } else {
                 let parts: Vec<String> = lost
@@ -251,9 +243,11 @@ fn describe_loss_text(
                     "rows newer than the backup would be lost: {}",
                     parts.join(", ")
                 )
-            }
+            };
+            (text, Some(lost))
         }
-    }
+    };
+    Loss { text, rows }
 }
 
 /// The chain checks for a restore from the server: the server's countersignatures under

@@ -809,28 +809,27 @@ fn fetch_packs(
     jobs: &SyncSender<PageJob>,
     options: &RestoreOptions,
 ) -> Result<(u64, u64), RestoreError> {
-    let packs: Vec<&PackRef> = manifest
+    let packs: Vec<(&PackRef, &[(ChunkId, ChunkLocation)])> = manifest
         .header
         .packs
         .iter()
-        .filter(|p| chunks_of.contains_key(&p.id))
+        .filter_map(|p| Some((p, chunks_of.get(&p.id)?.as_slice())))
         .collect();
     let fetch = Fetch {
         store,
         identity,
-        chunks_of,
         writers,
         options,
         packs: &packs,
         next: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
-        total: packs.iter().map(|p| p.length).sum(),
+        total: packs.iter().map(|(p, _)| p.length).sum(),
         done: AtomicU64::new(0),
         fetched: AtomicU64::new(0),
         fetched_bytes: AtomicU64::new(0),
     };
     let results: Vec<Result<(), RestoreError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..pack_fetchers())
+        let handles: Vec<_> = (0..PACK_FETCHERS)
             .map(|_| {
                 let (fetch, jobs) = (&fetch, jobs.clone());
                 s.spawn(move || {
@@ -867,19 +866,17 @@ fn fetch_packs(
 
 /// Packs fetched at once: two, so that one downloads while another is hashed and
 /// decrypted (each holds its ciphertext and plaintext, a few MiB, in memory).
-fn pack_fetchers() -> usize {
-    2
-}
+const PACK_FETCHERS: usize = 2;
 
 /// What the pack fetchers share: the packs to fetch, in the manifest's order, and the
 /// index of the next one.
 struct Fetch<'a> {
     store: &'a dyn BackupStore,
     identity: &'a Identity,
-    chunks_of: &'a HashMap<PackId, Vec<(ChunkId, ChunkLocation)>>,
     writers: &'a Writers<'a>,
     options: &'a RestoreOptions,
-    packs: &'a [&'a PackRef],
+    /// The packs some page uses, each with those of its chunks.
+    packs: &'a [(&'a PackRef, &'a [(ChunkId, ChunkLocation)])],
     next: AtomicUsize,
     /// Set by the first fetcher that fails.
     stop: AtomicBool,
@@ -897,16 +894,14 @@ impl Fetch<'_> {
             if self.writers.failed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let Some(pack) = self.packs.get(self.next.fetch_add(1, Ordering::SeqCst)) else {
+            let Some(&(pack, chunks)) = self.packs.get(self.next.fetch_add(1, Ordering::SeqCst))
+            else {
                 return Ok(());
             };
             let done = self.done.fetch_add(pack.length, Ordering::SeqCst);
             if let Some(report) = self.options.progress.as_ref() {
                 report(done, self.total);
             }
-            let Some(chunks) = self.chunks_of.get(&pack.id) else {
-                continue;
-            };
             let open = Arc::new(self.open(pack)?);
             for piece in chunks.chunks(JOB_CHUNKS) {
                 let job = PageJob {

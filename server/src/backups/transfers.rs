@@ -687,9 +687,51 @@ pub fn unfinished(conn: &Connection) -> Result<Vec<TransferRecord>, TransferErro
     rows.map(|r| finish(r?)).collect()
 }
 
-/// Finishes what a stopped server left half-done (see [`unfinished`]): removes each such
-/// transfer's objects, then its row; logged. A failure leaves it for the next start or a
-/// `DELETE`, marked `deleting` (hidden from devices either way).
+/// Why [`discard`] stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscardError {
+    /// Objects remain ([`TransferError::Remove`]): the transfer stays, marked `deleting`
+    /// (hidden from devices), for a repeated delete or the next start to finish.
+    #[error("{0}")]
+    Objects(TransferError),
+    /// The objects are gone; the catalog row could not be removed.
+    #[error("removing the catalog row: {0}")]
+    Catalog(TransferError),
+    /// The same, the database being unreachable.
+    #[error("removing the catalog row: {0}")]
+    Db(crate::db::DbError),
+}
+
+/// Removes a transfer that is not `ready` (being deleted, or an import that failed or was
+/// cut off): its objects ([`remove_objects`]), then its row ([`forget`]). When objects
+/// remain it is marked `deleting` ([`abandon`]), so devices never see it.
+pub async fn discard(
+    db: &crate::db::Db,
+    store: &crate::store::Store,
+    t: &TransferRecord,
+) -> Result<(), DiscardError> {
+    let id = t.id.clone();
+    if let Err(e) = remove_objects(store, &t.device_id, &t.id, &t.files).await {
+        if !matches!(db.call(move |c| Ok(abandon(c, &id))).await, Ok(Ok(()))) {
+            tracing::error!(
+                device = t.device_id,
+                transfer = t.id,
+                "marking the backup transfer deleting failed too; it stays hidden from the \
+                 device in the state it has"
+            );
+        }
+        return Err(DiscardError::Objects(e));
+    }
+    match db.call(move |c| Ok(forget(c, &id))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(DiscardError::Catalog(e)),
+        Err(e) => Err(DiscardError::Db(e)),
+    }
+}
+
+/// Finishes what a stopped server left half-done (see [`unfinished`]): [`discard`]s each
+/// such transfer; logged. A failure leaves it for the next start or a `DELETE`, hidden
+/// from devices either way.
 pub async fn sweep_unfinished(db: &crate::db::Db, store: &crate::store::Store) {
     let found = match db.call(|c| Ok(unfinished(c))).await {
         Ok(Ok(found)) => found,
@@ -709,24 +751,15 @@ pub async fn sweep_unfinished(db: &crate::db::Db, store: &crate::store::Store) {
             state = t.state.as_str(),
             "a backup transfer import or delete was cut off when the server stopped; removing it"
         );
-        if let Err(e) = remove_objects(store, &t.device_id, &t.id, &t.files).await {
-            tracing::error!(device = t.device_id, transfer = t.id, error = %e,
-                "the cut-off backup transfer keeps objects; delete it once the store works");
-            let id = t.id.clone();
-            let _ = db.call(move |c| Ok(abandon(c, &id))).await;
-            continue;
-        }
-        let id = t.id.clone();
-        match db.call(move |c| Ok(forget(c, &id))).await {
-            Ok(Ok(_)) => tracing::info!(
+        match discard(db, store, &t).await {
+            Ok(()) => tracing::info!(
                 device = t.device_id,
                 transfer = t.id,
                 "the cut-off backup transfer is gone"
             ),
-            Ok(Err(e)) => tracing::error!(device = t.device_id, transfer = t.id, error = %e,
-                "removing the row of a cut-off backup transfer failed"),
             Err(e) => tracing::error!(device = t.device_id, transfer = t.id, error = %e,
-                "removing the row of a cut-off backup transfer failed"),
+                "the cut-off backup transfer could not be removed; delete it once the store \
+                 works"),
         }
     }
 }

@@ -404,46 +404,27 @@ async fn abandon_import(state: &AppState, t: &TransferRecord, why: &dyn std::fmt
         error = %why,
         "backup transfer import failed; removing what it stored"
     );
-    let id = t.id.clone();
-    match transfers::remove_objects(&state.store, &t.device_id, &t.id, &t.files).await {
-        Ok(()) => match state.db.call(move |c| Ok(transfers::forget(c, &id))).await {
-            Ok(Ok(_)) => tracing::info!(
-                device = t.device_id,
-                transfer = t.id,
-                "the failed backup transfer import left nothing behind"
-            ),
-            Ok(Err(e)) => forget_failed(t, &e),
-            Err(e) => forget_failed(t, &e),
-        },
-        Err(e) => {
-            tracing::error!(
-                device = t.device_id,
-                transfer = t.id,
-                error = %e,
-                "objects of a failed backup transfer import remain; delete the transfer \
-                 (otter-server backups delete-transfer) once the object store works"
-            );
-            let marked = state.db.call(move |c| Ok(transfers::abandon(c, &id))).await;
-            if !matches!(marked, Ok(Ok(()))) {
-                tracing::error!(
-                    device = t.device_id,
-                    transfer = t.id,
-                    "marking the failed backup transfer import deleting failed too; it stays \
-                     listed as importing, hidden from the device"
-                );
-            }
-        }
+    match transfers::discard(&state.db, &state.store, t).await {
+        Ok(()) => tracing::info!(
+            device = t.device_id,
+            transfer = t.id,
+            "the failed backup transfer import left nothing behind"
+        ),
+        Err(e @ transfers::DiscardError::Objects(_)) => tracing::error!(
+            device = t.device_id,
+            transfer = t.id,
+            error = %e,
+            "objects of a failed backup transfer import remain; delete the transfer \
+             (otter-server backups delete-transfer) once the object store works"
+        ),
+        Err(e) => tracing::error!(
+            device = t.device_id,
+            transfer = t.id,
+            error = %e,
+            "removing the catalog row of a failed backup transfer import failed; its objects \
+             are gone, the row stays hidden from the device: delete the transfer"
+        ),
     }
-}
-
-fn forget_failed(t: &TransferRecord, e: &dyn std::fmt::Display) {
-    tracing::error!(
-        device = t.device_id,
-        transfer = t.id,
-        error = %e,
-        "removing the catalog row of a failed backup transfer import failed; its objects are \
-         gone, the row stays hidden from the device: delete the transfer"
-    );
 }
 
 /// `DELETE /api/v1/devices/{id}/transfers/{transfer}` (admin, restorer): marks the transfer
@@ -475,15 +456,14 @@ pub async fn delete(
     // In a task of its own, like the import: a disconnect does not cut it off.
     let (st, r) = (state.clone(), t.clone());
     actix_web::rt::spawn(async move {
-        transfers::remove_objects(&st.store, &r.device_id, &r.id, &r.files)
+        transfers::discard(&st.db, &st.store, &r)
             .await
-            .map_err(transfer_err)?;
-        let id = r.id.clone();
-        st.db
-            .call(move |c| Ok(transfers::forget(c, &id)))
-            .await
-            .map_err(db_err)?
-            .map_err(transfer_err)
+            .map_err(|e| match e {
+                transfers::DiscardError::Objects(e) | transfers::DiscardError::Catalog(e) => {
+                    transfer_err(e)
+                }
+                transfers::DiscardError::Db(e) => db_err(e),
+            })
     })
     .await
     .map_err(|e| ApiError::internal("deleting a backup transfer", &e))??;
